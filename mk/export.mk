@@ -1,0 +1,1 @@
+# model rules for classify/embed defaults (issue 3)

@@ -1,0 +1,1 @@
+# model rules for shapes demo models (issue 4)

@@ -1,0 +1,168 @@
+"""Model repository configuration: ``models/<name>/config.yaml``.
+
+Triton-like: tensor ``dims`` exclude the batch dimension and use ``-1`` for variable axes;
+``batching.max_batch_size: 0`` means the graph has no batch dimension at all (one item per run,
+e.g. torchvision Mask R-CNN). Everything is validated with ``extra="forbid"`` so a typo in a
+config is an error that names the model and the field, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Task = Literal["classify", "detect", "segment", "embed"]
+OutputFormat = Literal[
+    "classification-logits",  # [B, C] raw scores: the service applies softmax
+    "classification-probs",  # [B, C] probabilities already
+    "yolov8",  # Ultralytics v8/v11: [B, 4+nc, N] with cx,cy,w,h in input pixels
+    "yolov5",  # Ultralytics v5: [B, N, 5+nc] with cx,cy,w,h,objectness
+    "torchvision-detection",  # boxes [N,4] x1y1x2y2, labels [N], scores [N]; no batch dim
+    "semantic-logits",  # [B, C, h, w]
+    "maskrcnn",  # boxes [N,4], labels [N], scores [N], masks [N,1,H,W] pasted; no batch dim
+    "sentence-embedding",  # [B, D] pooled inside the graph
+    "token-embeddings",  # [B, S, D]: the service pools with text.pooling
+]
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "classify": ("classification-logits", "classification-probs"),
+    "detect": ("yolov8", "yolov5", "torchvision-detection"),
+    "segment": ("semantic-logits", "maskrcnn"),
+    "embed": ("sentence-embedding", "token-embeddings"),
+}
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+
+
+class ConfigError(Exception):
+    """A model folder that cannot be served; the message names the model and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str = Field(description="Tensor name in the ONNX graph.", examples=["input"])
+    dtype: Literal["float32", "float16", "int64", "int32", "uint8", "bool"] = "float32"
+    dims: list[int] = Field(
+        description="Shape without the batch dimension; -1 marks a variable axis.",
+        examples=[[3, 224, 224]],
+    )
+
+
+class ImagePreprocessing(_Strict):
+    """How a decoded RGB image becomes ``float32[3,H,W]``."""
+
+    resize: Literal["stretch", "letterbox", "center_crop", "fit"] = Field(
+        description=(
+            "stretch: resize to width×height ignoring aspect; letterbox: keep aspect and pad "
+            "(YOLO); center_crop: shorter side to resize_shorter, then crop width×height "
+            "(torchvision classifiers); fit: keep aspect inside width×height without padding "
+            "(models with dynamic spatial dims)."
+        )
+    )
+    width: int = Field(gt=0, le=8192)
+    height: int = Field(gt=0, le=8192)
+    resize_shorter: int | None = Field(default=None, gt=0, le=8192)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = Field(default=1.0 / 255.0, description="Pixel values are multiplied by this first.")
+    color_order: Literal["RGB", "BGR"] = "RGB"
+    pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox border value.")
+    stride: int = Field(default=32, gt=0, description="Letterbox stride (metadata; size is fixed).")
+
+    @model_validator(mode="after")
+    def _crop_needs_shorter_side(self) -> ImagePreprocessing:
+        if self.resize == "center_crop" and self.resize_shorter is None:
+            raise ValueError("resize=center_crop needs resize_shorter")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class TextPreprocessing(_Strict):
+    tokenizer: str = Field(default="tokenizer.json", description="File in the model folder.")
+    max_length: int = Field(default=512, gt=0, le=65536, description="Tokens, specials included.")
+    pad_token_id: int = Field(default=0, ge=0)
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean", description="Used only with format token-embeddings."
+    )
+
+
+class Batching(_Strict):
+    max_batch_size: int = Field(
+        default=8, ge=0, le=4096, description="0: the graph has no batch dimension."
+    )
+    max_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_queue_size: int = Field(default=256, gt=0, le=1_000_000)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(default="", description="Defaults to the folder name.")
+    task: Task
+    format: OutputFormat
+    model_file: str = "model.onnx"
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    image: ImagePreprocessing | None = None
+    text: TextPreprocessing | None = None
+    labels: list[str] | str | None = Field(
+        default=None, description="A list, or a file name in the model folder (one per line)."
+    )
+    batching: Batching = Batching()
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.format not in TASK_FORMATS[self.task]:
+            raise ValueError(f"format {self.format!r} does not belong to task {self.task!r}")
+        if self.task == "embed" and self.text is None:
+            raise ValueError("task embed needs a text section")
+        if self.task != "embed" and self.image is None:
+            raise ValueError(f"task {self.task} needs an image section")
+        return self
+
+    @property
+    def batched(self) -> bool:
+        return self.batching.max_batch_size > 0
+
+
+def load_model_config(folder: Path) -> tuple[ModelConfig, list[str]]:
+    """Read and validate ``folder/config.yaml``; returns the config and its resolved labels."""
+    name = folder.name
+    if not _MODEL_NAME_RE.match(name):
+        raise ConfigError(f"model {name!r}: folder name is not a valid model identifier")
+    path = folder / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"model {name!r}: missing config.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"model {name!r}: config.yaml is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model {name!r}: config.yaml must be a mapping")
+    raw.setdefault("name", name)
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"model {name!r}: invalid config.yaml: {fields}") from None
+    if config.name != name:
+        raise ConfigError(f"model {name!r}: field name={config.name!r} differs from its folder name")
+    labels: list[str] = []
+    if isinstance(config.labels, list):
+        labels = list(config.labels)
+    elif isinstance(config.labels, str):
+        label_path = folder / config.labels
+        if not label_path.is_file():
+            raise ConfigError(f"model {name!r}: field labels: file {config.labels!r} not found")
+        labels = [line.strip() for line in label_path.read_text(encoding="utf-8").splitlines()]
+        labels = [line for line in labels if line]
+    return config, labels

@@ -70,7 +70,9 @@ class ImagePreprocessing(_Strict):
     resize_shorter: int | None = Field(default=None, gt=0, le=8192)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    scale: float = Field(default=1.0 / 255.0, description="Pixel values are multiplied by this first.")
+    scale: float = Field(
+        default=1.0 / 255.0, description="Pixel values are multiplied by this first."
+    )
     color_order: Literal["RGB", "BGR"] = "RGB"
     pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox border value.")
     stride: int = Field(default=32, gt=0, description="Letterbox stride (metadata; size is fixed).")
@@ -155,7 +157,9 @@ def load_model_config(folder: Path) -> tuple[ModelConfig, list[str]]:
         )
         raise ConfigError(f"model {name!r}: invalid config.yaml: {fields}") from None
     if config.name != name:
-        raise ConfigError(f"model {name!r}: field name={config.name!r} differs from its folder name")
+        raise ConfigError(
+            f"model {name!r}: field name={config.name!r} differs from its folder name"
+        )
     labels: list[str] = []
     if isinstance(config.labels, list):
         labels = list(config.labels)

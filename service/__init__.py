@@ -1,0 +1,3 @@
+"""ortserve: batched, typed REST inference for ONNX models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,33 @@
+"""``python -m service``: Settings → uvicorn.run(create_app(settings)).
+
+One worker per process: every worker would load every model again, so scale out with replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

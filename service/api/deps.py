@@ -1,0 +1,201 @@
+"""What every inference route needs: the registry, request parsing, deadlines, the worker pool
+and the timing headers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request, Response
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from service.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from service.runtime.batcher import BatchResult, gather_or_cancel
+from service.runtime.registry import ModelRegistry, ServedModel
+from service.schemas.common import ImagesRequest
+from service.settings import Settings
+from service.tasks.base import Outputs
+from service.tasks.imaging import Geometry
+
+T = TypeVar("T")
+R = TypeVar("R")
+ImagesRequestT = TypeVar("ImagesRequestT", bound=ImagesRequest)
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def check_api_key(request: Request) -> None:
+    """Dependency: ``Authorization: Bearer <key>`` when ORTSERVE_API_KEYS is set."""
+    keys = settings_of(request).api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token_bytes = token.strip().encode()
+    # compare against every key (no early exit) in constant time per key
+    valid = False
+    for key in keys:
+        valid |= secrets.compare_digest(token_bytes, key.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not valid:
+        raise UnauthorizedError()
+
+
+@dataclass
+class RequestContext:
+    """Per-request deadline and timing, turned into response headers at the end."""
+
+    request: Request
+    deadline: float
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, request: Request) -> RequestContext:
+        timeout_s = settings_of(request).request_timeout_s
+        header = request.headers.get(TIMEOUT_HEADER)
+        if header is not None:
+            try:
+                asked = float(header) / 1000.0
+            except ValueError:
+                raise BadRequestError(
+                    f"{TIMEOUT_HEADER} must be a number of milliseconds"
+                ) from None
+            if not asked > 0 or asked != asked:  # rejects 0, negatives and NaN
+                raise BadRequestError(f"{TIMEOUT_HEADER} must be positive")
+            timeout_s = min(timeout_s, asked)  # clients may shorten the deadline, not extend it
+        return cls(request, asyncio.get_running_loop().time() + timeout_s)
+
+    async def in_pool(self, fn: Callable[..., R], *args: Any) -> R:
+        pool: ThreadPoolExecutor = self.request.app.state.pool
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def infer(self, served: ServedModel, feeds: Any) -> Outputs:
+        assert served.batcher is not None
+        result: BatchResult[Outputs] = await served.batcher.submit(
+            feeds, self.deadline, self.request.is_disconnected
+        )
+        self.queue_ms = max(self.queue_ms, result.queue_ms)
+        self.inference_ms = max(self.inference_ms, result.inference_ms)
+        self.batch_sizes.append(result.batch_size)
+        return result.value
+
+    async def run_images(
+        self,
+        served: ServedModel,
+        images: list[bytes],
+        postprocess: Callable[[Outputs, Geometry], R],
+    ) -> list[R]:
+        """Each image: decode + resize in the pool → batcher → postprocess in the pool."""
+        assert served.image is not None
+        image = served.image
+
+        async def one(data: bytes) -> R:
+            feeds, geo = await self.in_pool(image.preprocess, data)
+            outputs = await self.infer(served, feeds)
+            return await self.in_pool(postprocess, outputs, geo)
+
+        return await gather_or_cancel([one(data) for data in images])
+
+    def headers(self, response: Response) -> None:
+        response.headers["x-queue-time-ms"] = f"{self.queue_ms:.2f}"
+        response.headers["x-inference-time-ms"] = f"{self.inference_ms:.2f}"
+        if self.batch_sizes:
+            response.headers["x-batch-size"] = str(max(self.batch_sizes))
+
+
+def _b64decode(value: str, index: int) -> bytes:
+    if value.startswith("data:"):
+        _, _, value = value.partition(",")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequestError(f"images[{index}] is not valid base64") from None
+
+
+async def read_images_request(
+    request: Request, model: type[ImagesRequestT]
+) -> tuple[ImagesRequestT, list[bytes]]:
+    """Parse either JSON (base64 images) or multipart/form-data (``file`` parts + form fields)."""
+    settings = settings_of(request)
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type == "application/json":
+        parsed = model.model_validate(parse_json(await request.body()))
+        _check_count(len(parsed.images), settings.max_images_per_request)
+        return parsed, [_b64decode(v, i) for i, v in enumerate(parsed.images)]
+    if content_type == "multipart/form-data":
+        limit = settings.max_images_per_request
+        form = await request.form(max_files=limit + 1, max_fields=64)
+        files: list[bytes] = []
+        fields: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "file":
+                    raise BadRequestError(
+                        f"unexpected file part {key!r}; send images as 'file' parts"
+                    )
+                _check_count(len(files) + 1, limit)
+                files.append(await value.read())
+            elif key == "classes":
+                fields.setdefault("classes", []).extend(
+                    c.strip() for c in value.split(",") if c.strip()
+                )
+            elif key == "file":
+                raise BadRequestError("the 'file' part must be a file upload, not a text field")
+            else:
+                fields[key] = value
+        if not files:
+            raise BadRequestError("send one or more images as multipart 'file' parts")
+        parsed = model.model_validate({**fields, "images": ["-"] * len(files)})
+        return parsed, files
+    raise UnsupportedMediaTypeError(
+        "send application/json with base64 'images' or multipart/form-data with 'file' parts"
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise BadRequestError("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequestError("the request body is not valid JSON") from None
+
+
+async def read_json_request(request: Request, model: type[T]) -> T:
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type not in ("application/json", ""):
+        raise UnsupportedMediaTypeError("send an application/json body")
+    validated: T = model.model_validate(parse_json(await request.body()))  # type: ignore[attr-defined]
+    return validated
+
+
+def _check_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise PayloadTooLargeError(
+            f"at most {limit} images per request (ORTSERVE_MAX_IMAGES_PER_REQUEST)"
+        )
+
+
+def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -1,0 +1,71 @@
+"""POST /embed"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from service.api.deps import RequestContext, read_json_request, registry_of, settings_of
+from service.api.openapi import json_body
+from service.errors import PayloadTooLargeError, ValidationFailedError
+from service.runtime.batcher import gather_or_cancel
+from service.schemas.common import error_responses
+from service.schemas.embed import EmbedRequest, EmbedResponse, Usage
+from service.tasks.embedding import TextMeta, l2_normalise, pool
+
+router = APIRouter(tags=["text"])
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    summary="Embed texts",
+    description="Sentence embeddings; texts are tokenized, batched with other requests and pooled.",
+    openapi_extra=json_body(EmbedRequest),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+)
+async def embed(request: Request, response: Response) -> EmbedResponse:
+    ctx = RequestContext.start(request)
+    params = await read_json_request(request, EmbedRequest)
+    settings = settings_of(request)
+    texts = [params.inputs] if isinstance(params.inputs, str) else params.inputs
+    if len(texts) > settings.max_texts_per_request:
+        raise PayloadTooLargeError(
+            f"at most {settings.max_texts_per_request} texts per request (ORTSERVE_MAX_TEXTS_PER_REQUEST)"
+        )
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise ValidationFailedError(f"inputs[{index}] is empty or only whitespace")
+        if len(text) > settings.max_text_chars:
+            raise PayloadTooLargeError(
+                f"inputs[{index}] has {len(text)} characters; the limit is {settings.max_text_chars}"
+            )
+    served = registry_of(request).get(params.model, "embed")
+    assert served.text is not None
+    assert served.config is not None
+    assert served.config.text is not None
+    encoder = served.text
+    encoded = await ctx.in_pool(lambda: encoder.encode(texts, truncate=params.truncate))
+    output_name = served.config.outputs[0].name
+    token_level = served.config.format == "token-embeddings"
+    pooling = served.config.text.pooling
+
+    async def one(feeds: dict[str, np.ndarray], meta: TextMeta) -> list[float]:
+        outputs = await ctx.infer(served, feeds)
+        vector = outputs[output_name]
+        if token_level:
+            vector = pool(vector, meta.tokens, pooling)
+        vector = vector.astype(np.float32, copy=False)
+        if params.normalize:
+            vector = l2_normalise(vector)
+        return vector.tolist()  # type: ignore[no-any-return]
+
+    embeddings = await gather_or_cancel([one(feeds, meta) for feeds, meta in encoded])
+    tokens = sum(meta.tokens for _, meta in encoded)
+    ctx.headers(response)
+    return EmbedResponse(
+        model=served.name,
+        dimensions=len(embeddings[0]),
+        embeddings=embeddings,
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+    )

@@ -1,0 +1,148 @@
+"""create_app(settings): lifespan, routers, middleware and the one error handler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import __version__
+from service.api import classify, detect, embed, health, segment
+from service.api import openapi as openapi_docs
+from service.api.deps import check_api_key
+from service.errors import ServiceError
+from service.middleware import BodyLimitMiddleware, RequestIdMiddleware, error_body, request_id_var
+from service.runtime.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+def _error(
+    status: int,
+    message: str,
+    error_type: str,
+    headers: dict[str, str] | None = None,
+    details: list[dict[str, object]] | None = None,
+) -> JSONResponse:
+    body: dict[str, object] = {
+        "error": message,
+        "error_type": error_type,
+        "request_id": request_id_var.get(),
+    }
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_details(errors: Sequence[Any]) -> list[dict[str, object]]:
+    # never echo "input" or "ctx": they can hold the client's whole payload or internal objects
+    return [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors
+    ]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("request %s failed: %s", request_id_var.get(), exc.message)
+        return _error(exc.status_code, exc.message, exc.error_type, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc.errors())
+        return _error(422, _summary(details), "validation_error", details=details)
+
+    @app.exception_handler(ValidationError)
+    async def body_validation(_: Request, exc: ValidationError) -> JSONResponse:
+        details = _validation_details(exc.errors())
+        return _error(422, _summary(details), "validation_error", details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        return _error(
+            exc.status_code,
+            str(exc.detail),
+            kinds.get(exc.status_code, "http_error"),
+            dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request %s: unexpected error", request_id_var.get(), exc_info=exc)
+        return _error(
+            500, "internal error; see the server log for this request id", "internal_error"
+        )
+
+
+def _summary(details: list[dict[str, object]]) -> str:
+    parts = []
+    for d in details[:5]:
+        loc = ".".join(str(p) for p in d["loc"] if p != "body")  # type: ignore[attr-defined]
+        parts.append(f"{loc or 'body'}: {d['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        workers = settings.preprocess_threads or min(4, os.cpu_count() or 1)
+        app.state.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        registry = ModelRegistry(settings)
+        app.state.registry = registry
+        # loading and warm-up block: keep them off the event loop so /health/live answers
+        await asyncio.to_thread(registry.load)
+        registry.start()
+        app.state.ready = True
+        log.info("ready: %d model(s) from %s", len(registry.models), settings.model_repository)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await registry.stop()
+            app.state.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="ortserve",
+        version=__version__,
+        description="Batched, typed REST inference for ONNX models: classify, detect, segment, embed.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = False
+    _install_error_handlers(app)
+    protected = [Depends(check_api_key)]
+    for module in (classify, detect, segment, embed):
+        app.include_router(module.router, dependencies=protected)
+    app.include_router(health.models_router, dependencies=protected)
+    app.include_router(health.router)
+    openapi_docs.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id", "x-request-timeout-ms"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+__all__ = ["create_app", "error_body"]

@@ -1,0 +1,283 @@
+"""DynamicBatcher: merges concurrent requests for one model into one run on its model thread.
+
+Flow: ``submit`` puts an item on a bounded queue and awaits its future. One collector task per
+model takes the first item, drains whatever else is already queued (up to ``max_batch_size``),
+waits up to ``max_delay_ms`` for more only when the previous batch was not a singleton (an idle
+server never waits for a batch that will not come), then runs the batch on a dedicated
+single-thread executor. While the model runs, the next batch accumulates in the queue. Futures
+are completed on the event loop by the collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from service.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    NotReadyError,
+    OverloadedError,
+    ServiceError,
+)
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+DisconnectCheck = Callable[[], Awaitable[bool]]
+# Checking for a vanished client costs a receive() round trip on the loop; only items that have
+# queued this long are checked (fresh ones almost never belong to a client that already left).
+_DISCONNECT_CHECK_AFTER_S = 0.05
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[Out]):
+    value: Out
+    queue_ms: float  # submit → start of the run
+    inference_ms: float  # the whole batch run (collate + session.run + split)
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Item(Generic[In, Out]):
+    payload: In
+    future: asyncio.Future[BatchResult[Out]]
+    deadline: float  # event-loop time
+    enqueued: float
+    is_disconnected: DisconnectCheck | None = None
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    items: int = 0
+    failed_batches: int = 0
+    expired: int = 0
+    dropped_disconnected: int = 0
+    rejected_overloaded: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
+BatchObserver = Callable[[int, float, float], None]  # batch size, mean queue s, inference s
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """``await submit(payload, deadline)`` → ``BatchResult`` of ``run_batch([payload, ...])[i]``.
+
+    ``run_batch`` runs on the model thread and must return exactly one output per input, in
+    order; anything else fails the whole batch with ``InferenceFailedError``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[In]], Sequence[Out]],
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        max_queue_size: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._observer = observer
+        self._queue: asyncio.Queue[_Item[In, Out]] | None = None
+        self._collector: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._accepting = False
+        self._last_batch_size = 1
+        self.stats = BatcherStats()
+        self.error: str | None = None  # set if the collector died: the model is then unhealthy
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.max_queue_size)
+        self._accepting = True
+        self._collector = asyncio.get_running_loop().create_task(
+            self._collect(), name=f"batcher-{self.name}"
+        )
+        self._collector.add_done_callback(self._on_collector_done)
+
+    def _on_collector_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.error = f"batch collector stopped: {type(task.exception()).__name__}"
+            self._accepting = False
+            log.error("model %s: %s", self.name, self.error, exc_info=task.exception())
+            self._fail_queued(InferenceFailedError(f"model {self.name!r} is not serving"))
+
+    @property
+    def healthy(self) -> bool:
+        return self._accepting and self.error is None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting; finish queued and in-flight work within the timeout; fail the rest."""
+        self._accepting = False
+        if self._queue is not None and self._collector is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout=drain_timeout_s)
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        self._fail_queued(NotReadyError(f"model {self.name!r} is shutting down"))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _fail_queued(self, error: ServiceError) -> None:
+        if self._queue is None:
+            return
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            self._queue.task_done()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    # -- submit ----------------------------------------------------------------------------
+    async def submit(
+        self,
+        payload: In,
+        deadline: float,
+        is_disconnected: DisconnectCheck | None = None,
+    ) -> BatchResult[Out]:
+        """Queue one item; ``deadline`` is in ``loop.time()`` seconds."""
+        if not self._accepting or self._queue is None:
+            raise NotReadyError(f"model {self.name!r} is not accepting requests")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline <= now:
+            raise DeadlineExceededError("the request deadline passed before it could be queued")
+        item: _Item[In, Out] = _Item(payload, loop.create_future(), deadline, now, is_disconnected)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.stats.rejected_overloaded += 1
+            raise OverloadedError(
+                f"model {self.name!r} queue is full ({self.max_queue_size} requests); retry later"
+            ) from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout=deadline - now)
+        except asyncio.TimeoutError:
+            # not yet run: the collector skips it; already running: the result is discarded
+            item.future.cancel()
+            raise DeadlineExceededError(
+                f"model {self.name!r} did not answer within the request deadline"
+            ) from None
+        except asyncio.CancelledError:
+            item.future.cancel()
+            raise
+
+    # -- collector -------------------------------------------------------------------------
+    async def _alive(self, item: _Item[In, Out], now: float) -> bool:
+        if item.future.done():  # cancelled: deadline or client went away
+            return False
+        if item.deadline <= now:
+            self.stats.expired += 1
+            item.future.set_exception(
+                DeadlineExceededError("the request deadline passed while it was queued")
+            )
+            return False
+        waited_long = now - item.enqueued > _DISCONNECT_CHECK_AFTER_S
+        if item.is_disconnected is not None and waited_long and await item.is_disconnected():
+            self.stats.dropped_disconnected += 1
+            item.future.cancel()
+            return False
+        return True
+
+    async def _collect(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await queue.get()
+            if not await self._alive(first, loop.time()):
+                queue.task_done()
+                continue
+            batch = [first]
+            wait_until = loop.time() + (self.max_delay_s if self._last_batch_size > 1 else 0.0)
+            while len(batch) < self.max_batch_size:
+                if queue.empty():
+                    remaining = wait_until - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), timeout=remaining)
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    item = queue.get_nowait()
+                if await self._alive(item, loop.time()):
+                    batch.append(item)
+                else:
+                    queue.task_done()
+            try:
+                await self._run(batch, loop)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _run(self, batch: list[_Item[In, Out]], loop: asyncio.AbstractEventLoop) -> None:
+        started = loop.time()
+        self._last_batch_size = len(batch)
+        try:
+            outputs = await loop.run_in_executor(
+                self._executor, self._run_batch, [item.payload for item in batch]
+            )
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(batch)}")
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            log.error("model %s: batch of %d failed", self.name, len(batch), exc_info=exc)
+            error = (
+                exc
+                if isinstance(exc, ServiceError)
+                else InferenceFailedError(f"model {self.name!r} failed to run this batch")
+            )
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        inference_s = loop.time() - started
+        self.stats.batches += 1
+        self.stats.items += len(batch)
+        self.stats.batch_sizes[len(batch)] = self.stats.batch_sizes.get(len(batch), 0) + 1
+        queue_s = 0.0
+        for item, output in zip(batch, outputs, strict=True):
+            queue_s += started - item.enqueued
+            if not item.future.done():
+                item.future.set_result(
+                    BatchResult(
+                        output,
+                        (started - item.enqueued) * 1000.0,
+                        inference_s * 1000.0,
+                        len(batch),
+                    )
+                )
+        if self._observer is not None:
+            self._observer(len(batch), queue_s / len(batch), inference_s)
+
+
+async def gather_or_cancel(aws: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Like ``asyncio.gather`` but cancels the siblings as soon as one fails."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,0 +1,130 @@
+"""OrtSession: the only module that imports onnxruntime.
+
+Providers are chosen in priority order (CUDA, then CPU); the providers really active after session
+creation are reported, because ONNX Runtime silently drops CUDA when its libraries fail to load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+
+# ONNX Runtime type strings → numpy dtype names used in model configs
+ORT_DTYPES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+}
+
+
+class SessionError(Exception):
+    """The model cannot be loaded as asked (file, graph or provider problem)."""
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]  # as ORT reports it: ints, symbolic names or None
+
+    def dims(self) -> list[int]:
+        """Shape with every non-fixed axis as -1."""
+        return [d if isinstance(d, int) and d >= 0 else -1 for d in self.shape]
+
+
+def resolve_providers(choice: ProviderChoice, require_cuda: bool) -> list[str]:
+    available = ort.get_available_providers()
+    if choice == "cpu" and not require_cuda:
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if require_cuda:
+        raise SessionError(
+            f"require_cuda is set but this onnxruntime build has no {CUDA} "
+            f"(available: {', '.join(available)}); install the gpu extra"
+        )
+    if choice == "cuda":
+        log.warning("CUDA requested but %s is not available; falling back to CPU", CUDA)
+    return [CPU]
+
+
+class OrtSession:
+    """One ONNX Runtime inference session for one model.
+
+    ``run`` is called from the model's single thread only; ORT parallelises inside the run with
+    ``intra_op_threads`` (0 = one per core), so sessions are not also run concurrently.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: list[str],
+        require_cuda: bool = False,
+        intra_op_threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            raise SessionError(f"onnxruntime could not load {path.name}: {exc}") from exc
+        self.providers: list[str] = list(self._session.get_providers())
+        if require_cuda and CUDA not in self.providers:
+            raise SessionError(f"require_cuda is set but {CUDA} did not activate for {path.name}")
+        if providers[0] == CUDA and CUDA not in self.providers:
+            log.warning("%s: CUDA provider failed to activate; running on CPU", path.name)
+        self.inputs = [
+            IOSpec(i.name, ORT_DTYPES.get(i.type, i.type), tuple(i.shape))
+            for i in self._session.get_inputs()
+        ]
+        self.outputs = [
+            IOSpec(o.name, ORT_DTYPES.get(o.type, o.type), tuple(o.shape))
+            for o in self._session.get_outputs()
+        ]
+        self.metadata = self._read_metadata()
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    def _read_metadata(self) -> dict[str, Any]:
+        props = self._session.get_modelmeta().custom_metadata_map
+        raw = props.get("ortserve")
+        if raw is None:
+            return {}
+        try:
+            value = json.loads(raw)  # never eval: metadata is untrusted input
+        except json.JSONDecodeError as exc:
+            raise SessionError(f"metadata 'ortserve' is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise SessionError("metadata 'ortserve' must be a JSON object")
+        return value
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph; returns every output by name."""
+        names = [o.name for o in self.outputs]
+        values = self._session.run(names, feeds)
+        return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}

@@ -1,0 +1,115 @@
+"""Request and response schemas of /classify, /detect and /segment."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from service.schemas.common import Box, ImagesRequest, UnitFloat
+
+
+class ClassifyRequest(ImagesRequest):
+    top_k: int = Field(
+        default=5, ge=1, le=1000, description="How many classes to return per image."
+    )
+
+
+class ClassPrediction(BaseModel):
+    label: str = Field(examples=["espresso"])
+    class_id: int = Field(examples=[967])
+    score: float = Field(description="Probability in [0, 1].", examples=[0.83])
+
+
+class ClassifyResult(BaseModel):
+    predictions: list[ClassPrediction] = Field(description="Sorted by descending score.")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(examples=["mobilenet_v2"])
+    results: list[ClassifyResult] = Field(description="One per input image, in input order.")
+
+
+class DetectRequest(ImagesRequest):
+    confidence: UnitFloat = Field(default=0.25, description="Minimum score of a detection.")
+    iou: UnitFloat = Field(default=0.45, description="NMS IoU threshold.")
+    max_detections: int = Field(default=300, ge=1, le=10000, description="Per image.")
+    classes: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Only return these labels.",
+        examples=[["circle"]],
+    )
+
+
+class Detection(BaseModel):
+    label: str = Field(examples=["circle"])
+    class_id: int = Field(examples=[0])
+    score: float = Field(examples=[0.91])
+    box: Box
+
+
+class DetectResult(BaseModel):
+    width: int = Field(description="Original image width in pixels.")
+    height: int = Field(description="Original image height in pixels.")
+    detections: list[Detection] = Field(description="Sorted by descending score.")
+
+
+class DetectResponse(BaseModel):
+    model: str = Field(examples=["shapes-yolo"])
+    results: list[DetectResult]
+
+
+class SegmentRequest(ImagesRequest):
+    confidence: UnitFloat = Field(default=0.5, description="Instance models: minimum score.")
+    mask_format: Literal["png", "rle"] = Field(
+        default="png",
+        description="Semantic models: one PNG of class ids, or one COCO RLE per class.",
+    )
+
+
+class PngMask(BaseModel):
+    format: Literal["png"] = "png"
+    data: str = Field(description="Base64 PNG; pixel value = class id, original image size.")
+
+
+class RleMask(BaseModel):
+    format: Literal["rle"] = "rle"
+    size: list[int] = Field(description="[height, width].", examples=[[480, 640]])
+    counts: str = Field(description="COCO compressed RLE (pycocotools.mask.decode).")
+
+
+class ClassArea(BaseModel):
+    class_id: int
+    label: str
+    pixels: int
+    fraction: float = Field(description="Share of the image's pixels.")
+    mask: RleMask | None = Field(default=None, description="With mask_format=rle.")
+
+
+class SemanticResult(BaseModel):
+    kind: Literal["semantic"] = "semantic"
+    width: int
+    height: int
+    mask: PngMask | None = Field(default=None, description="With mask_format=png.")
+    classes: list[ClassArea]
+
+
+class InstanceMask(BaseModel):
+    label: str
+    class_id: int
+    score: float
+    box: Box
+    mask: RleMask
+
+
+class InstanceResult(BaseModel):
+    kind: Literal["instance"] = "instance"
+    width: int
+    height: int
+    instances: list[InstanceMask] = Field(description="Sorted by descending score.")
+
+
+class SegmentResponse(BaseModel):
+    model: str = Field(examples=["shapes-unet"])
+    results: list[Annotated[SemanticResult | InstanceResult, Field(discriminator="kind")]]

@@ -1,0 +1,60 @@
+"""Service settings: the only place the environment is read (prefix ``ORTSERVE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORTSERVE_", extra="ignore")
+
+    model_repository: Path = Field(default=Path("models"), description="Folder of model folders.")
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when available, else CPU."
+    )
+    require_cuda: bool = Field(default=False, description="Refuse to start without CUDA.")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads per model; 0 = all cores."
+    )
+    preprocess_threads: int = Field(
+        default=0, ge=0, description="Threads decoding images / tokenizing; 0 = min(4, cores)."
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    strict_startup: bool = Field(
+        default=True, description="A model that fails to load stops the service."
+    )
+
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_images_per_request: int = Field(default=32, gt=0)
+    max_texts_per_request: int = Field(default=256, gt=0)
+    max_text_chars: int = Field(default=100_000, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="width × height limit.")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="Default deadline.")
+
+    default_classify_model: str = "mobilenet_v2"
+    default_detect_model: str = "shapes-yolo"
+    default_segment_model: str = "shapes-unet"
+    default_embed_model: str = "all-MiniLM-L6-v2"
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer tokens; empty = no auth."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # NoDecode + this validator: plain comma-separated values in the environment, not JSON
+    _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+
+    def default_model(self, task: str) -> str:
+        return str(getattr(self, f"default_{task}_model"))

@@ -1,0 +1,155 @@
+"""Detection decoding: YOLO (Ultralytics v8/v11 and v5 layouts) and torchvision-style outputs,
+class-aware NMS in vectorised numpy, and mapping boxes back to the original image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.tasks.imaging import Geometry
+
+# Boxes of different classes are shifted this far apart so one NMS pass never suppresses
+# across classes (Ultralytics' "max_wh" trick).
+_CLASS_OFFSET = 7680.0
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    confidence: float = 0.25
+    iou: float = 0.45
+    max_detections: int = 300
+    class_ids: frozenset[int] | None = None  # None: every class
+
+
+@dataclass(frozen=True)
+class Detections:
+    """``boxes float32[N,4]`` x1,y1,x2,y2; ``scores float32[N]``; ``class_ids int64[N]``."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``[4]`` box with ``[N,4]`` boxes (x1,y1,x2,y2)."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
+    """Greedy NMS; returns kept indices by descending score (at most ``max_keep``)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_keep:
+        best = int(order[0])
+        keep.append(best)
+        if order.size == 1:
+            break
+        rest = order[1:]
+        order = rest[box_iou(boxes[best], boxes[rest]) <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float, max_keep: int
+) -> np.ndarray:
+    """Class-aware NMS: boxes only suppress boxes of their own class."""
+    if boxes.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    shifted = boxes + (class_ids.astype(np.float32) * _CLASS_OFFSET)[:, None]
+    return nms(shifted, scores, iou, max_keep)
+
+
+def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+    return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], 1)
+
+
+def _select(boxes: np.ndarray, class_scores: np.ndarray, params: DetectParams) -> Detections:
+    """Best class per candidate, thresholds, class filter, NMS."""
+    class_ids = class_scores.argmax(axis=1)
+    scores = class_scores[np.arange(class_scores.shape[0]), class_ids]
+    keep = scores >= params.confidence
+    if params.class_ids is not None:
+        keep &= np.isin(class_ids, np.fromiter(params.class_ids, dtype=np.int64))
+    boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+    idx = batched_nms(boxes, scores, class_ids, params.iou, params.max_detections)
+    return Detections(
+        boxes[idx].astype(np.float32),
+        scores[idx].astype(np.float32),
+        class_ids[idx].astype(np.int64),
+    )
+
+
+def decode_yolov8(output: np.ndarray, params: DetectParams) -> Detections:
+    """``float32[4+C, N]`` (cx, cy, w, h in input pixels, then class scores) → detections."""
+    if output.ndim != 2 or output.shape[0] < 5:
+        raise ValueError(f"yolov8 output must be [4+C, N], got {output.shape}")
+    pred = output.T
+    return _select(_cxcywh_to_xyxy(pred[:, :4]), pred[:, 4:], params)
+
+
+def decode_yolov5(output: np.ndarray, params: DetectParams) -> Detections:
+    """``float32[N, 5+C]`` (cx, cy, w, h, objectness, class scores) → detections."""
+    if output.ndim != 2 or output.shape[1] < 6:
+        raise ValueError(f"yolov5 output must be [N, 5+C], got {output.shape}")
+    candidates = output[output[:, 4] >= params.confidence]
+    class_scores = candidates[:, 5:] * candidates[:, 4:5]
+    return _select(_cxcywh_to_xyxy(candidates[:, :4]), class_scores, params)
+
+
+def decode_torchvision(
+    boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, params: DetectParams
+) -> Detections:
+    """Already-NMSed ``boxes[N,4]``, ``labels[N]``, ``scores[N]`` → filtered detections."""
+    keep = scores >= params.confidence
+    if params.class_ids is not None:
+        keep &= np.isin(labels, np.fromiter(params.class_ids, dtype=np.int64))
+    order = np.argsort(-scores[keep], kind="stable")[: params.max_detections]
+    return Detections(
+        boxes[keep][order].astype(np.float32),
+        scores[keep][order].astype(np.float32),
+        labels[keep][order].astype(np.int64),
+    )
+
+
+def to_original(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Model-input pixel boxes → original-image pixel boxes, clipped to the image."""
+    out = np.empty_like(boxes, dtype=np.float32)
+    out[:, [0, 2]] = (boxes[:, [0, 2]] - geo.pad_x) / geo.scale_x
+    out[:, [1, 3]] = (boxes[:, [1, 3]] - geo.pad_y) / geo.scale_y
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, geo.orig_w)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, geo.orig_h)
+    return out
+
+
+class DetectPostprocessor:
+    """Model outputs (one item) + geometry → detections in original-image pixels."""
+
+    def __init__(self, fmt: str, output_names: list[str]) -> None:
+        self.fmt = fmt
+        self.output_names = output_names
+
+    def __call__(
+        self, outputs: dict[str, np.ndarray], geo: Geometry, params: DetectParams
+    ) -> Detections:
+        if self.fmt == "torchvision-detection":
+            boxes, labels, scores = (outputs[n] for n in self.output_names[:3])
+            det = decode_torchvision(
+                boxes.reshape(-1, 4), labels.reshape(-1), scores.reshape(-1), params
+            )
+        else:
+            raw = outputs[self.output_names[0]]
+            det = decode_yolov8(raw, params) if self.fmt == "yolov8" else decode_yolov5(raw, params)
+        return Detections(to_original(det.boxes, geo), det.scores, det.class_ids)

@@ -1,0 +1,81 @@
+"""Text embedding: tokenizing with Hugging Face ``tokenizers``, padding to the longest item of a
+batch, pooling and L2 normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from service.errors import ValidationFailedError
+from service.tasks.base import Feeds
+
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
+
+
+@dataclass(frozen=True)
+class TextMeta:
+    tokens: int  # real tokens, specials included, after truncation
+
+
+class TextEncoder:
+    """Tokenizes texts into per-item feeds ``int64[S]`` for the inputs the graph takes."""
+
+    def __init__(
+        self, tokenizer_path: Path, *, max_length: int, input_names: Sequence[str]
+    ) -> None:
+        base = Tokenizer.from_file(str(tokenizer_path))
+        base.no_padding()  # padding happens per batch in ``collate``
+        base.enable_truncation(max_length)
+        self._tokenizer = base
+        self.max_length = max_length
+        self.input_names = tuple(input_names)
+
+    def encode(self, texts: Sequence[str], *, truncate: bool) -> list[tuple[Feeds, TextMeta]]:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        items: list[tuple[Feeds, TextMeta]] = []
+        for index, enc in enumerate(encodings):
+            if enc.overflowing and not truncate:
+                raise ValidationFailedError(
+                    f"input {index} is longer than the model's {self.max_length} tokens; "
+                    "shorten it or send truncate=true"
+                )
+            n = len(enc.ids)
+            feeds: Feeds = {INPUT_IDS: np.asarray(enc.ids, dtype=np.int64)}
+            if ATTENTION_MASK in self.input_names:
+                feeds[ATTENTION_MASK] = np.ones(n, dtype=np.int64)
+            if TOKEN_TYPE_IDS in self.input_names:
+                feeds[TOKEN_TYPE_IDS] = np.asarray(enc.type_ids, dtype=np.int64)
+            items.append((feeds, TextMeta(n)))
+        return items
+
+
+def pad_feeds(items: Sequence[Feeds], pad_token_id: int) -> Feeds:
+    """Right-pad ``int64[S_i]`` items to the longest: → ``int64[B, max S_i]``."""
+    longest = max(item[INPUT_IDS].shape[0] for item in items)
+    out: Feeds = {}
+    for name in items[0]:
+        fill = pad_token_id if name == INPUT_IDS else 0
+        batch = np.full((len(items), longest), fill, dtype=np.int64)
+        for row, item in enumerate(items):
+            values = item[name]
+            batch[row, : values.shape[0]] = values
+        out[name] = batch
+    return out
+
+
+def pool(token_embeddings: np.ndarray, tokens: int, pooling: str) -> np.ndarray:
+    """``float32[S,D]`` (padded) → ``float32[D]`` over the first ``tokens`` rows."""
+    pooled: np.ndarray = (
+        token_embeddings[0] if pooling == "cls" else token_embeddings[:tokens].mean(axis=0)
+    )
+    return pooled
+
+
+def l2_normalise(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    out: np.ndarray = vector / norm if norm > 1e-12 else vector
+    return out

@@ -1,0 +1,219 @@
+"""Safe image decoding and the resize / normalise step shared by the vision tasks.
+
+Decoding checks the declared size against the pixel limit from the header, before any pixel data
+is decoded, so a decompression bomb costs nothing. JPEGs are decoded with DCT scaling (draft mode)
+straight to the smallest size that still covers the model input, which is most of the decode cost
+for large photos. Coordinates always refer to the original image *after* EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidImageError, PayloadTooLargeError
+from service.runtime.model_config import ImagePreprocessing
+
+# We enforce our own pixel limit before decoding; Pillow's global bomb check would only warn or
+# raise at a different threshold.
+Image.MAX_IMAGE_PIXELS = None
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, oriented; may be smaller than the original (draft decoding)
+    orig_w: int
+    orig_h: int
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How model-input pixels map back to original-image pixels.
+
+    ``x_orig = (x_input - pad_x) / scale_x``; likewise for y.
+    """
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    orig_w: int
+    orig_h: int
+    input_w: int
+    input_h: int
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int, min_size: tuple[int, int] | None = None
+) -> DecodedImage:
+    """Decode untrusted bytes into an oriented RGB image.
+
+    ``min_size`` (w, h) enables JPEG draft decoding: the image is decoded at the smallest DCT
+    scale whose size still covers it.
+    """
+    if not data:
+        raise InvalidImageError("the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img: Image.Image = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise InvalidImageError("the image declares a zero size")
+            if width * height > max_pixels:
+                raise PayloadTooLargeError(
+                    f"the image is {width}×{height} = {width * height} pixels; "
+                    f"the limit is {max_pixels}"
+                )
+            orientation = int(img.getexif().get(0x0112, 1) or 1)
+            swap = orientation in _SWAPS_AXES
+            orig_w, orig_h = (height, width) if swap else (width, height)
+            if min_size is not None and img.format == "JPEG":
+                need_w, need_h = (min_size[1], min_size[0]) if swap else min_size
+                img.draft("RGB", (need_w, need_h))
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            img = _to_rgb(img)
+    except (InvalidImageError, PayloadTooLargeError):
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise InvalidImageError(
+            "the data is not a supported image (JPEG, PNG, GIF, BMP, WebP, TIFF)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError):
+        raise InvalidImageError(
+            "the image is truncated or corrupt and could not be decoded"
+        ) from None
+    return DecodedImage(img, orig_w, orig_h)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit / 32-bit grey: Pillow's convert("L") clips instead of scaling
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # composite on black, the colour most training sets use for padding
+        base = Image.new("RGB", img.size, (0, 0, 0))
+        rgba = img.convert("RGBA")
+        base.paste(rgba, mask=rgba.getchannel("A"))
+        return base
+    return img.convert("RGB")
+
+
+def input_tensor(decoded: DecodedImage, spec: ImagePreprocessing) -> tuple[np.ndarray, Geometry]:
+    """Resize and normalise to ``float32[3,H,W]`` as the model config says."""
+    img = decoded.image
+    w, h = img.size
+    # draft decoding may have shrunk the image: fold that ratio into the geometry
+    rx, ry = w / decoded.orig_w, h / decoded.orig_h
+    target_w, target_h = spec.width, spec.height
+    if spec.resize == "stretch":
+        resized = img.resize((target_w, target_h), Image.Resampling.BILINEAR)
+        geo = Geometry(
+            target_w / decoded.orig_w,
+            target_h / decoded.orig_h,
+            0,
+            0,
+            decoded.orig_w,
+            decoded.orig_h,
+            target_w,
+            target_h,
+        )
+        arr = np.asarray(resized)
+    elif spec.resize == "fit":
+        r = min(target_w / w, target_h / h, 1.0 / max(rx, ry) if max(rx, ry) > 0 else 1.0)
+        new_w, new_h = max(1, round(w * r)), max(1, round(h * r))
+        resized = (
+            img
+            if (new_w, new_h) == (w, h)
+            else img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        )
+        geo = Geometry(
+            new_w / decoded.orig_w,
+            new_h / decoded.orig_h,
+            0,
+            0,
+            decoded.orig_w,
+            decoded.orig_h,
+            new_w,
+            new_h,
+        )
+        arr = np.asarray(resized)
+    elif spec.resize == "letterbox":
+        r = min(target_w / w, target_h / h)
+        new_w, new_h = max(1, round(w * r)), max(1, round(h * r))
+        dw, dh = (target_w - new_w) / 2, (target_h - new_h) / 2
+        # Ultralytics' split of the padding between the two sides
+        left, top = round(dw - 0.1), round(dh - 0.1)
+        resized = (
+            img
+            if (new_w, new_h) == (w, h)
+            else img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        )
+        arr = np.full((target_h, target_w, 3), spec.pad_value, dtype=np.uint8)
+        arr[top : top + new_h, left : left + new_w] = np.asarray(resized)
+        geo = Geometry(
+            r * rx, r * ry, left, top, decoded.orig_w, decoded.orig_h, target_w, target_h
+        )
+    else:  # center_crop
+        assert spec.resize_shorter is not None
+        r = spec.resize_shorter / min(w, h)
+        new_w, new_h = max(target_w, round(w * r)), max(target_h, round(h * r))
+        resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
+        arr = np.asarray(resized)[top : top + target_h, left : left + target_w]
+        geo = Geometry(
+            new_w / decoded.orig_w,
+            new_h / decoded.orig_h,
+            -left,
+            -top,
+            decoded.orig_w,
+            decoded.orig_h,
+            target_w,
+            target_h,
+        )
+    return normalise(arr, spec), geo
+
+
+def normalise(arr: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
+    """uint8[H,W,3] RGB → float32[3,H,W]: ``(x * scale - mean) / std`` in the model's colour order."""
+    mul = np.asarray([spec.scale / s for s in spec.std], dtype=np.float32)
+    add = np.asarray([-m / s for m, s in zip(spec.mean, spec.std, strict=True)], dtype=np.float32)
+    if spec.color_order == "BGR":
+        arr, mul, add = arr[..., ::-1], mul[::-1], add[::-1]
+    chw = np.empty((3, arr.shape[0], arr.shape[1]), dtype=np.float32)
+    for c in range(3):
+        np.multiply(arr[..., c], mul[c], out=chw[c], casting="unsafe")
+        chw[c] += add[c]
+    return chw
+
+
+class ImageProcessor:
+    """preprocess: image bytes → (``{input: float32[3,H,W]}``, Geometry)."""
+
+    def __init__(self, spec: ImagePreprocessing, input_name: str, *, max_pixels: int) -> None:
+        self.spec = spec
+        self.input_name = input_name
+        self.max_pixels = max_pixels
+        if spec.resize == "center_crop":
+            assert spec.resize_shorter is not None
+            self._draft: tuple[int, int] = (spec.resize_shorter, spec.resize_shorter)
+        else:
+            self._draft = (spec.width, spec.height)
+
+    def preprocess(self, data: bytes) -> tuple[dict[str, np.ndarray], Geometry]:
+        decoded = decode_image(data, max_pixels=self.max_pixels, min_size=self._draft)
+        tensor, geo = input_tensor(decoded, self.spec)
+        return {self.input_name: tensor}, geo

@@ -1,0 +1,213 @@
+"""Segmentation post-processing: semantic class maps at original size, PNG and COCO RLE
+encodings, and Mask R-CNN style instances."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from service.tasks.detection import to_original
+from service.tasks.imaging import Geometry
+
+
+@dataclass(frozen=True)
+class ClassArea:
+    class_id: int
+    pixels: int
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Instance:
+    class_id: int
+    score: float
+    box: tuple[float, float, float, float]
+    rle: dict[str, object]  # {"size": [h, w], "counts": str}
+
+
+def _resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float32[h,w] plane to (w, h) = ``size``."""
+    if plane.shape[::-1] == size:
+        return plane.astype(np.float32, copy=False)
+    img = Image.fromarray(plane.astype(np.float32, copy=False), mode="F")
+    return np.array(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _content_box(geo: Geometry, map_w: int, map_h: int) -> tuple[int, int, int, int]:
+    """The part of a ``map_w × map_h`` output map that shows the image (letterbox padding off)."""
+    fx, fy = map_w / geo.input_w, map_h / geo.input_h
+    x0 = max(0.0, geo.pad_x * fx)
+    y0 = max(0.0, geo.pad_y * fy)
+    x1 = min(float(map_w), (geo.pad_x + geo.orig_w * geo.scale_x) * fx)
+    y1 = min(float(map_h), (geo.pad_y + geo.orig_h * geo.scale_y) * fy)
+    left, top = int(np.floor(x0)), int(np.floor(y0))
+    right, bottom = max(left + 1, int(np.ceil(x1))), max(top + 1, int(np.ceil(y1)))
+    return left, top, right, bottom
+
+
+def semantic_class_map(logits: np.ndarray, geo: Geometry) -> np.ndarray:
+    """``float32[C,h,w]`` logits → ``uint8|uint16[H,W]`` class ids at the original size.
+
+    Logits (not class ids) are resized bilinearly, as torchvision's segmentation models do,
+    which gives smooth boundaries at any upscale.
+    """
+    if logits.ndim != 3:
+        raise ValueError(f"semantic logits must be [C,h,w], got {logits.shape}")
+    c, h, w = logits.shape
+    left, top, right, bottom = _content_box(geo, w, h)
+    crop = logits[:, top:bottom, left:right]
+    size = (geo.orig_w, geo.orig_h)
+    best = _resize_plane(crop[0], size).copy()
+    class_map = np.zeros((geo.orig_h, geo.orig_w), dtype=np.uint8 if c <= 256 else np.uint16)
+    for k in range(1, c):
+        plane = _resize_plane(crop[k], size)
+        better = plane > best
+        class_map[better] = k
+        np.maximum(best, plane, out=best)
+    return class_map
+
+
+def class_areas(class_map: np.ndarray) -> list[ClassArea]:
+    counts = np.bincount(class_map.ravel())
+    total = class_map.size
+    return [ClassArea(int(k), int(n), float(n) / total) for k, n in enumerate(counts) if n > 0]
+
+
+def png_base64(class_map: np.ndarray) -> str:
+    """Class-id map → base64 PNG (8-bit grey, or 16-bit when there are more than 256 classes)."""
+    buf = io.BytesIO()
+    mode = "L" if class_map.dtype == np.uint8 else "I;16"
+    Image.fromarray(class_map, mode=mode).save(buf, format="PNG", optimize=False, compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, object]:
+    """Binary ``[H,W]`` mask → COCO compressed RLE ``{"size": [H, W], "counts": str}``.
+
+    Same format as ``pycocotools.mask.encode``: column-major runs starting with a zero run,
+    each run delta-coded against the run two before and written 5 bits per character.
+    """
+    h, w = mask.shape
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs.insert(0, 0)
+    chars: list[str] = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            chars.append(chr(c + 48))
+    return {"size": [h, w], "counts": "".join(chars)}
+
+
+def rle_decode(rle: dict[str, object]) -> np.ndarray:
+    """Inverse of ``rle_encode`` (used by tests and the rendering code)."""
+    size = rle["size"]
+    assert isinstance(size, list)
+    h, w = int(size[0]), int(size[1])
+    counts: list[int] = []
+    s = str(rle["counts"])
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    flat = np.zeros(h * w, dtype=np.bool_)
+    pos, value = 0, False
+    for run in counts:
+        flat[pos : pos + run] = value
+        pos += run
+        value = not value
+    return flat.reshape((w, h)).T
+
+
+def semantic_rle(class_map: np.ndarray) -> dict[int, dict[str, object]]:
+    """One COCO RLE per class present in the map."""
+    return {int(k): rle_encode(class_map == k) for k in np.unique(class_map)}
+
+
+def instances_from_maskrcnn(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray,
+    geo: Geometry,
+    confidence: float,
+    max_instances: int = 100,
+) -> list[Instance]:
+    """torchvision Mask R-CNN outputs at model-input size → instances at the original size.
+
+    ``masks float32[N,1,H,W]`` are probabilities already pasted into the input image; each is
+    resized to the original image and thresholded at 0.5.
+    """
+    keep = np.flatnonzero(scores >= confidence)[:max_instances]
+    if keep.size == 0:
+        return []
+    orig_boxes = to_original(boxes[keep].astype(np.float32), geo)
+    out: list[Instance] = []
+    size = (geo.orig_w, geo.orig_h)
+    for row, i in enumerate(keep):
+        plane = masks[i, 0] if masks.ndim == 4 else masks[i]
+        plane = plane[: geo.input_h, : geo.input_w]
+        binary = _resize_plane(plane, size) >= 0.5
+        x1, y1, x2, y2 = (float(v) for v in orig_boxes[row])
+        out.append(Instance(int(labels[i]), float(scores[i]), (x1, y1, x2, y2), rle_encode(binary)))
+    return out
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    confidence: float = 0.5
+    mask_format: str = "png"  # semantic only: png | rle
+
+
+@dataclass(frozen=True)
+class SemanticResult:
+    areas: list[ClassArea]
+    png: str | None
+    rle: dict[int, dict[str, object]] | None
+
+
+class SegmentPostprocessor:
+    def __init__(self, fmt: str, output_names: list[str]) -> None:
+        self.fmt = fmt
+        self.output_names = output_names
+
+    def __call__(
+        self, outputs: dict[str, np.ndarray], geo: Geometry, params: SegmentParams
+    ) -> SemanticResult | list[Instance]:
+        if self.fmt == "maskrcnn":
+            boxes, labels, scores, masks = (outputs[n] for n in self.output_names[:4])
+            return instances_from_maskrcnn(
+                boxes.reshape(-1, 4),
+                labels.reshape(-1),
+                scores.reshape(-1),
+                masks,
+                geo,
+                params.confidence,
+            )
+        class_map = semantic_class_map(outputs[self.output_names[0]], geo)
+        if params.mask_format == "rle":
+            return SemanticResult(class_areas(class_map), None, semantic_rle(class_map))
+        return SemanticResult(class_areas(class_map), png_base64(class_map), None)

@@ -52,7 +52,7 @@ def running_server(
         PYTHONUNBUFFERED="1",
     )
     environ.update({f"ORTSERVE_{key.upper()}": str(value) for key, value in env.items()})
-    log_file = tempfile.NamedTemporaryFile(prefix="ortserve-", suffix=".log", delete=False)
+    log_file = tempfile.NamedTemporaryFile(prefix="ortserve-", suffix=".log", delete=False)  # noqa: SIM115 - outlives this frame
     process = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=REPO_ROOT,
@@ -82,3 +82,21 @@ def running_server(
                 process.kill()
                 process.wait()
         log_file.close()
+
+
+def assert_close(got: object, want: object, atol: float = 1e-4, path: str = "$") -> None:
+    """Structural equality of JSON values with a tolerance on floats."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), f"{path}: {got!r} is not an object"
+        assert got.keys() == want.keys(), f"{path}: keys {sorted(got)} != {sorted(want)}"
+        for key in want:
+            assert_close(got[key], want[key], atol, f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list), f"{path}: {got!r} is not a list"
+        assert len(got) == len(want), f"{path}: length {len(got)} != {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, atol, f"{path}[{i}]")
+    elif isinstance(want, float) and not isinstance(got, str):
+        assert abs(float(got) - want) <= atol, f"{path}: {got} != {want} ± {atol}"  # type: ignore[arg-type]
+    else:
+        assert got == want, f"{path}: {got!r} != {want!r}"

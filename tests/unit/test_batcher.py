@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    NotReadyError,
+    OverloadedError,
+)
+from service.runtime.batcher import DynamicBatcher
+
+
+class Recorder:
+    """A run_batch that doubles its inputs and records every batch it saw."""
+
+    def __init__(self, hold: threading.Event | None = None, fail: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.hold = hold
+        self.fail = fail
+        self.thread_names: set[str] = set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.thread_names.add(threading.current_thread().name)
+        if self.hold is not None:
+            self.hold.wait(5)
+        self.batches.append(list(items))
+        if self.fail:
+            raise RuntimeError("secret internal detail")
+        return [2 * i for i in items]
+
+
+def make(run, **kw) -> DynamicBatcher[int, int]:
+    opts = {"max_batch_size": 4, "max_delay_ms": 20, "max_queue_size": 16}
+    opts.update(kw)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("m", run, **opts)
+    batcher.start()
+    return batcher
+
+
+def deadline(seconds: float = 5.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def test_batcher_merges_concurrent_requests_and_keeps_each_result_with_its_item() -> None:
+    hold = threading.Event()
+    run = Recorder(hold)
+    batcher = make(run)
+    first = asyncio.create_task(batcher.submit(100, deadline()))
+    await asyncio.sleep(0.05)  # the first batch is now running and held
+    rest = [asyncio.create_task(batcher.submit(i, deadline())) for i in range(6)]
+    await asyncio.sleep(0.05)
+    hold.set()
+    results = await asyncio.gather(first, *rest)
+    assert [r.value for r in results] == [200, *[2 * i for i in range(6)]]
+    assert run.batches[0] == [100]
+    assert run.batches[1] == [0, 1, 2, 3]  # capped at max_batch_size, FIFO
+    assert run.batches[2] == [4, 5]
+    assert results[1].batch_size == 4
+    assert run.thread_names == {"model-m_0"}  # always the one model thread
+    await batcher.stop()
+
+
+async def test_batcher_fails_every_future_when_the_run_raises_and_keeps_serving() -> None:
+    hold = threading.Event()
+    run = Recorder(hold, fail=True)
+    batcher = make(run)
+    blocker = asyncio.create_task(batcher.submit(0, deadline()))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.create_task(batcher.submit(i, deadline())) for i in range(1, 4)]
+    await asyncio.sleep(0.02)
+    hold.set()
+    outcomes = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+    assert all(isinstance(o, InferenceFailedError) for o in outcomes)
+    assert all("secret" not in str(o) for o in outcomes)
+    run.fail = False
+    assert (await batcher.submit(21, deadline())).value == 42
+    assert batcher.stats.failed_batches == 2
+    await batcher.stop()
+
+
+async def test_batcher_fails_the_batch_when_outputs_do_not_match_inputs_one_to_one() -> None:
+    batcher = make(lambda items: [1])
+    results = await asyncio.gather(
+        *(batcher.submit(i, deadline()) for i in range(3)), return_exceptions=True
+    )
+    assert any(isinstance(r, InferenceFailedError) for r in results)
+    for result in results:
+        assert isinstance(result, InferenceFailedError) or result.batch_size == 1
+    await batcher.stop()
+
+
+async def test_requests_whose_deadline_passes_in_the_queue_get_504_and_never_run() -> None:
+    hold = threading.Event()
+    run = Recorder(hold)
+    batcher = make(run)
+    blocker = asyncio.create_task(batcher.submit(1, deadline()))
+    await asyncio.sleep(0.05)
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit(7, deadline(0.1))
+    hold.set()
+    await blocker
+    await asyncio.sleep(0.05)
+    assert all(7 not in batch for batch in run.batches)
+    await batcher.stop()
+
+
+async def test_a_cancelled_request_is_dropped_before_inference() -> None:
+    hold = threading.Event()
+    run = Recorder(hold)
+    batcher = make(run)
+    blocker = asyncio.create_task(batcher.submit(1, deadline()))
+    await asyncio.sleep(0.05)
+    gone = asyncio.create_task(batcher.submit(9, deadline()))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    hold.set()
+    await blocker
+    assert (await batcher.submit(3, deadline())).value == 6
+    assert all(9 not in batch for batch in run.batches)
+    await batcher.stop()
+
+
+async def test_a_full_queue_fails_fast_with_overloaded() -> None:
+    hold = threading.Event()
+    batcher = make(Recorder(hold), max_queue_size=2, max_batch_size=1)
+    running = asyncio.create_task(batcher.submit(0, deadline()))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(batcher.submit(i, deadline())) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(OverloadedError) as info:
+        await batcher.submit(3, deadline())
+    assert info.value.headers["Retry-After"]
+    hold.set()
+    assert [r.value for r in await asyncio.gather(running, *queued)] == [0, 2, 4]
+    await batcher.stop()
+
+
+async def test_an_idle_batcher_does_not_wait_for_a_batch_that_will_not_come() -> None:
+    batcher = make(Recorder(), max_delay_ms=10_000)
+    # with a 10 s max delay, a lone request must still be answered at once
+    result = await asyncio.wait_for(batcher.submit(5, deadline()), timeout=2)
+    assert result.value == 10
+    await batcher.stop()
+
+
+async def test_stop_finishes_queued_work_then_refuses_new_requests() -> None:
+    hold = threading.Event()
+    run = Recorder(hold)
+    batcher = make(run, max_batch_size=2)
+    tasks = [asyncio.create_task(batcher.submit(i, deadline())) for i in range(5)]
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(batcher.stop(drain_timeout_s=5))
+    await asyncio.sleep(0.01)
+    with pytest.raises(NotReadyError):
+        await batcher.submit(99, deadline())
+    hold.set()
+    await stopping
+    assert [t.result().value for t in tasks] == [0, 2, 4, 6, 8]

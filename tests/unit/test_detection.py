@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.runtime.model_config import ImagePreprocessing
+from service.tasks.detection import (
+    DetectParams,
+    batched_nms,
+    decode_torchvision,
+    decode_yolov5,
+    decode_yolov8,
+    nms,
+    to_original,
+)
+from service.tasks.imaging import DecodedImage, input_tensor
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_and_separate_ones() -> None:
+    boxes = np.array(
+        [[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], dtype=np.float32
+    )
+    scores = np.array([0.9, 0.8, 0.7, 0.95], dtype=np.float32)
+    # IoU(0,1) = 81/119 = 0.68; IoU(3,0) = 0.9; box 2 overlaps nothing
+    assert nms(boxes, scores, 0.5, 100).tolist() == [3, 2]
+    assert nms(boxes, scores, 0.95, 100).tolist() == [3, 0, 1, 2]
+    assert nms(boxes, scores, 0.5, 1).tolist() == [3]
+
+
+def test_nms_is_class_aware() -> None:
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], dtype=np.float32)
+    scores = np.array([0.9, 0.8], dtype=np.float32)
+    assert batched_nms(boxes, scores, np.array([0, 1]), 0.5, 10).tolist() == [0, 1]
+    assert batched_nms(boxes, scores, np.array([1, 1]), 0.5, 10).tolist() == [0]
+
+
+def test_decode_yolov8_converts_centres_and_applies_thresholds_and_class_filter() -> None:
+    # 3 candidates, 2 classes: columns are candidates
+    out = np.array(
+        [
+            [50, 52, 200],  # cx
+            [50, 50, 100],  # cy
+            [20, 20, 40],  # w
+            [10, 10, 40],  # h
+            [0.9, 0.85, 0.1],  # class 0
+            [0.1, 0.2, 0.6],  # class 1
+        ],
+        dtype=np.float32,
+    )
+    det = decode_yolov8(out, DetectParams(confidence=0.25, iou=0.45))
+    assert det.class_ids.tolist() == [0, 1]
+    np.testing.assert_allclose(det.boxes[0], [40, 45, 60, 55])
+    np.testing.assert_allclose(det.scores, [0.9, 0.6], rtol=1e-6)
+    only_1 = decode_yolov8(out, DetectParams(class_ids=frozenset({1})))
+    assert only_1.class_ids.tolist() == [1]
+    assert len(decode_yolov8(out, DetectParams(confidence=0.95))) == 0
+
+
+def test_decode_yolov5_multiplies_objectness_into_class_scores() -> None:
+    out = np.array([[50, 50, 20, 10, 0.5, 0.9, 0.1], [10, 10, 4, 4, 0.1, 1.0, 0.0]], np.float32)
+    det = decode_yolov5(out, DetectParams(confidence=0.25))
+    assert det.class_ids.tolist() == [0]
+    np.testing.assert_allclose(det.scores, [0.45], rtol=1e-6)
+
+
+def test_decode_torchvision_filters_and_sorts() -> None:
+    boxes = np.array([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5]], np.float32)
+    det = decode_torchvision(
+        boxes, np.array([1, 2, 1]), np.array([0.3, 0.9, 0.1], np.float32), DetectParams()
+    )
+    assert det.class_ids.tolist() == [2, 1]
+    assert det.boxes[0].tolist() == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (480, 640), (1000, 100), (7, 9), (64, 64)])
+def test_letterbox_round_trip_maps_input_boxes_back_to_the_original(w: int, h: int) -> None:
+    spec = ImagePreprocessing(resize="letterbox", width=64, height=64)
+    decoded = DecodedImage(Image.new("RGB", (w, h)), w, h)
+    tensor, geo = input_tensor(decoded, spec)
+    assert tensor.shape == (3, 64, 64)
+    box = np.array([[0.1 * w, 0.2 * h, 0.7 * w, 0.9 * h]], np.float32)
+    in_input = np.empty_like(box)
+    in_input[:, [0, 2]] = box[:, [0, 2]] * geo.scale_x + geo.pad_x
+    in_input[:, [1, 3]] = box[:, [1, 3]] * geo.scale_y + geo.pad_y
+    assert (in_input >= 0).all()
+    assert (in_input <= 64).all()
+    np.testing.assert_allclose(to_original(in_input, geo), box, atol=1e-3)
+
+
+def test_letterbox_pads_symmetrically_with_the_pad_value() -> None:
+    spec = ImagePreprocessing(resize="letterbox", width=64, height=64, pad_value=114)
+    white = DecodedImage(Image.new("RGB", (128, 64), (255, 255, 255)), 128, 64)
+    tensor, geo = input_tensor(white, spec)
+    assert (geo.pad_x, geo.pad_y) == (0, 16)
+    np.testing.assert_allclose(tensor[:, :16], 114 / 255, atol=1e-6)
+    np.testing.assert_allclose(tensor[:, 16:48], 1.0, atol=1e-6)
+    np.testing.assert_allclose(tensor[:, 48:], 114 / 255, atol=1e-6)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.runtime.model_config import ConfigError
+from service.runtime.registry import ModelRegistry
+from service.settings import Settings
+from tests.support import tiny_models
+
+
+def repo_with(tmp_path: Path, edit: dict | None = None, remove: str | None = None) -> Path:
+    folder = tmp_path / "clf"
+    tiny_models.classifier(folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    for dotted, value in (edit or {}).items():
+        target = config
+        *path, last = dotted.split(".")
+        for key in path:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[last] = value
+    if remove:
+        config.pop(remove)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"inputs.0.name": "pixels"}, "inputs: 'pixels' is not a graph input"),
+        ({"inputs.0.dims": [3, 64, 64]}, "dims[1] is 64 in config but 32"),
+        ({"inputs.0.dtype": "uint8"}, "dtype is float32 in the graph"),
+        ({"outputs.0.name": "probs"}, "outputs: 'probs' is not a graph output"),
+        ({"labels": ["a", "b"]}, "labels: 2 labels for 3 output classes"),
+        ({"image.width": 64}, "image.width is 64"),
+        ({"format": "yolov8"}, "does not belong to task"),
+        ({"typo_field": 1}, "typo_field: Extra inputs are not permitted"),
+        ({"batching.max_batch_size": 0}, "rank"),
+    ],
+)
+def test_a_broken_config_fails_loudly_naming_the_model_and_field(tmp_path, edit, message) -> None:
+    registry = ModelRegistry(Settings(model_repository=repo_with(tmp_path, edit)))
+    with pytest.raises(ConfigError) as info:
+        registry.load()
+    assert "model 'clf'" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_missing_model_file_and_non_strict_startup_serves_the_rest(tmp_path) -> None:
+    repo = repo_with(tmp_path)
+    tiny_models.classifier(tmp_path / "good")
+    (repo / "clf" / "model.onnx").unlink()
+    with pytest.raises(ConfigError, match=r"model_file 'model\.onnx' not found"):
+        ModelRegistry(Settings(model_repository=repo)).load()
+    registry = ModelRegistry(Settings(model_repository=repo, strict_startup=False))
+    registry.load()
+    assert registry.models["clf"].status == "failed"
+    assert "not found" in (registry.models["clf"].error or "")
+    assert registry.models["good"].batcher is not None
+
+
+def test_metadata_task_must_match_the_config(tmp_path) -> None:
+    import json
+
+    import onnx
+
+    repo = repo_with(tmp_path)
+    model = onnx.load(str(repo / "clf" / "model.onnx"))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "ortserve", json.dumps({"task": "detect", "format": "yolov8"})
+    onnx.save(model, str(repo / "clf" / "model.onnx"))
+    with pytest.raises(
+        ConfigError, match="task: config says 'classify', the ONNX metadata says 'detect'"
+    ):
+        ModelRegistry(Settings(model_repository=repo)).load()
+
+
+def test_folder_names_must_be_identifiers(tmp_path) -> None:
+    repo = repo_with(tmp_path)
+    shutil.move(repo / "clf", repo / "bad name")
+    with pytest.raises(ConfigError, match="not a valid model identifier"):
+        ModelRegistry(Settings(model_repository=repo)).load()

@@ -10,22 +10,27 @@ import logging
 import uvicorn
 
 from service.app import create_app
+from service.metrics import JsonFormatter
 from service.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if settings.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        access_log=False,
+        access_log=False,  # service.access logs each request with its id and model
+        log_config=None,  # keep the handler configured above (JSON or text)
     )
 
 

@@ -22,6 +22,7 @@ from service.api import classify, detect, embed, health, segment
 from service.api import openapi as openapi_docs
 from service.api.deps import check_api_key
 from service.errors import ServiceError
+from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import BodyLimitMiddleware, RequestIdMiddleware, error_body, request_id_var
 from service.runtime.registry import ModelRegistry
 from service.settings import Settings
@@ -100,11 +101,13 @@ def _summary(details: list[dict[str, object]]) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers = settings.preprocess_threads or min(4, os.cpu_count() or 1)
         app.state.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
-        registry = ModelRegistry(settings)
+        registry = ModelRegistry(settings, observer_factory=metrics.batch_observer)
         app.state.registry = registry
         # loading and warm-up block: keep them off the event loop so /health/live answers
         await asyncio.to_thread(registry.load)
@@ -126,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.metrics = metrics
     _install_error_handlers(app)
     protected = [Depends(check_api_key)]
     for module in (classify, detect, segment, embed):
@@ -141,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["authorization", "content-type", "x-request-id", "x-request-timeout-ms"],
         )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
 

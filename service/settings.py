@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one object per line."
+    )
     strict_startup: bool = Field(
         default=True, description="A model that fails to load stops the service."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, read_images_request, registry_of
+from service.api.deps import RequestContext, get_model, read_images_request
 from service.api.openapi import images_body
 from service.schemas.common import error_responses
 from service.schemas.vision import (
@@ -31,7 +31,7 @@ router = APIRouter(tags=["vision"])
 async def classify(request: Request, response: Response) -> ClassifyResponse:
     ctx = RequestContext.start(request)
     params, images = await read_images_request(request, ClassifyRequest)
-    served = registry_of(request).get(params.model, "classify")
+    served = get_model(request, params.model, "classify")
     post = served.postprocess
 
     def postprocess(outputs: Outputs, _geo: Geometry) -> list[Prediction]:

@@ -45,6 +45,13 @@ def registry_of(request: Request) -> ModelRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
+def get_model(request: Request, name: str | None, task: str) -> ServedModel:
+    """Look the model up (404 / 400 / 503 errors) and label the request with it for metrics."""
+    served = registry_of(request).get(name, task)
+    request.state.model = served.name
+    return served
+
+
 def check_api_key(request: Request) -> None:
     """Dependency: ``Authorization: Bearer <key>`` when ORTSERVE_API_KEYS is set."""
     keys = settings_of(request).api_keys

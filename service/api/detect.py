@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, read_images_request, registry_of
+from service.api.deps import RequestContext, get_model, read_images_request
 from service.api.openapi import images_body
 from service.errors import BadRequestError
 from service.schemas.common import Box, error_responses
@@ -31,7 +31,7 @@ router = APIRouter(tags=["vision"])
 async def detect(request: Request, response: Response) -> DetectResponse:
     ctx = RequestContext.start(request)
     params, images = await read_images_request(request, DetectRequest)
-    served = registry_of(request).get(params.model, "detect")
+    served = get_model(request, params.model, "detect")
     labels = served.labels
     class_ids = None
     if params.classes is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, read_json_request, registry_of, settings_of
+from service.api.deps import RequestContext, get_model, read_json_request, settings_of
 from service.api.openapi import json_body
 from service.errors import PayloadTooLargeError, ValidationFailedError
 from service.runtime.batcher import gather_or_cancel
@@ -40,7 +40,7 @@ async def embed(request: Request, response: Response) -> EmbedResponse:
             raise PayloadTooLargeError(
                 f"inputs[{index}] has {len(text)} characters; the limit is {settings.max_text_chars}"
             )
-    served = registry_of(request).get(params.model, "embed")
+    served = get_model(request, params.model, "embed")
     assert served.text is not None
     assert served.config is not None
     assert served.config.text is not None

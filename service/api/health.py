@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from service.api.deps import registry_of, settings_of
@@ -23,6 +24,17 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(description="ready or not_ready", examples=["ready"])
     models: dict[str, str] = Field(description="Status per model.")
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    registry = getattr(state, "registry", None)
+    m = state.metrics
+    for name, served in registry.models.items() if registry else []:
+        m.model_ready.labels(name).set(1.0 if served.ready else 0.0)
+        m.queue_depth.labels(name).set(served.batcher.queue_depth if served.batcher else 0)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/health/live", response_model=Liveness, summary="The process is up")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, read_images_request, registry_of
+from service.api.deps import RequestContext, get_model, read_images_request
 from service.api.openapi import images_body
 from service.schemas.common import Box, error_responses
 from service.schemas.vision import (
@@ -39,7 +39,7 @@ router = APIRouter(tags=["vision"])
 async def segment(request: Request, response: Response) -> SegmentResponse:
     ctx = RequestContext.start(request)
     params, images = await read_images_request(request, SegmentRequest)
-    served = registry_of(request).get(params.model, "segment")
+    served = get_model(request, params.model, "segment")
     labels = served.labels
     seg_params = seg.SegmentParams(params.confidence, params.mask_format)
     post = served.postprocess

@@ -79,11 +79,28 @@ async def test_concurrent_requests_are_batched(server: Server) -> None:
             *(client.post("/classify", json=payload) for _ in range(48))
         )
         models = (await client.get("/v1/models")).json()["models"]
+        scraped = (await client.get("/metrics")).text
     assert all(r.status_code == 200 for r in responses)
     assert len({r.json()["results"][0]["predictions"][0]["label"] for r in responses}) == 1
     assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
     clf = next(m for m in models if m["name"] == "tiny-classifier")
     assert clf["batching"]["mean_batch_size"] > 1.0
+    # the Prometheus histogram agrees: some runs held more than one item
+    one_or_less = _metric(scraped, 'ortserve_batch_size_bucket{le="1.0",model="tiny-classifier"}')
+    runs = _metric(scraped, 'ortserve_batch_size_count{model="tiny-classifier"}')
+    assert runs > one_or_less
+    ok = _metric(
+        scraped,
+        'ortserve_requests_total{endpoint="/classify",model="tiny-classifier",status="200"}',
+    )
+    assert ok >= 48
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in /metrics")
 
 
 def test_docs_and_health(server: Server) -> None:

@@ -1,0 +1,174 @@
+"""Prometheus metrics, the access log and JSON log formatting.
+
+Each app owns its CollectorRegistry (no process-global state), so several apps can live in one
+process (tests) and nothing is registered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.middleware import request_id_var
+
+access_log = logging.getLogger("service.access")
+
+# paths whose names become label values; anything else is "other" (bounded cardinality)
+KNOWN_PATHS = frozenset(
+    {
+        "/classify",
+        "/detect",
+        "/segment",
+        "/embed",
+        "/v1/models",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    }
+)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ortserve_requests",
+            "HTTP requests by endpoint, model and status.",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ortserve_request_duration_seconds",
+            "Request latency, receipt to response.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "ortserve_queue_wait_seconds",
+            "Time items wait in a model's queue (batch mean).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "ortserve_inference_seconds",
+            "Batch run time (collate + ONNX Runtime + split).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ortserve_batch_size",
+            "Items per ONNX Runtime run.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "ortserve_queue_depth", "Items waiting in a model's queue.", ["model"], registry=r
+        )
+        self.model_ready = Gauge(
+            "ortserve_model_ready", "1 if the model is serving, else 0.", ["model"], registry=r
+        )
+
+    def batch_observer(self, model: str) -> Any:
+        batch_size = self.batch_size.labels(model)
+        queue_wait = self.queue_wait.labels(model)
+        inference = self.inference.labels(model)
+
+        def observe(size: int, mean_queue_s: float, inference_s: float) -> None:
+            batch_size.observe(size)
+            queue_wait.observe(mean_queue_s)
+            inference.observe(inference_s)
+
+        return observe
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request and writes one access-log line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            model = str(scope.get("state", {}).get("model", ""))
+            self.metrics.requests.labels(path, model, str(status)).inc()
+            self.metrics.latency.labels(path).observe(elapsed)
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000.0,
+                extra={
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000.0, 2),
+                    "model": model,
+                    "path": scope["path"],
+                    "method": scope["method"],
+                },
+            )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id and any extras."""
+
+    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+        "message",
+        "asctime",
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id_var.get(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()

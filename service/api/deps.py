@@ -52,7 +52,7 @@ def get_model(request: Request, name: str | None, task: str) -> ServedModel:
     return served
 
 
-def check_api_key(request: Request) -> None:
+async def check_api_key(request: Request) -> None:
     """Dependency: ``Authorization: Bearer <key>`` when ORTSERVE_API_KEYS is set."""
     keys = settings_of(request).api_keys
     if not keys:

@@ -1,0 +1,101 @@
+"""The naive baseline: one model behind minimal FastAPI routes that call ``session.run`` per
+request (no batcher, no worker pool; sync routes run in Starlette's thread pool). It reuses
+ortserve's pre/post-processing so that only the serving strategy differs.
+
+    python -m benchmarks.naive --model-dir models/all-MiniLM-L6-v2 --port 8100
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import uvicorn
+from fastapi import Body, FastAPI
+
+from service.runtime.model_config import load_model_config
+from service.tasks.classification import ClassifyPostprocessor
+from service.tasks.detection import DetectParams, DetectPostprocessor
+from service.tasks.embedding import TextEncoder, l2_normalise
+from service.tasks.imaging import ImageProcessor
+from service.tasks.segmentation import SegmentParams, SegmentPostprocessor
+
+
+def create_naive_app(folder: Path) -> FastAPI:
+    config, labels = load_model_config(folder)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(
+        str(folder / config.model_file), options, providers=["CPUExecutionProvider"]
+    )
+    outputs = [o.name for o in config.outputs]
+    app = FastAPI()
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batched = {k: v[None] for k, v in feeds.items()} if config.batched else feeds
+        values = session.run(outputs, batched)
+        return {n: (v[0] if config.batched else v) for n, v in zip(outputs, values, strict=True)}
+
+    if config.image is not None:
+        image = ImageProcessor(config.image, config.inputs[0].name, max_pixels=40_000_000)
+        post: Any = {
+            "classify": ClassifyPostprocessor(
+                outputs[0], labels, logits=config.format == "classification-logits"
+            ),
+            "detect": DetectPostprocessor(config.format, outputs),
+            "segment": SegmentPostprocessor(config.format, outputs),
+        }[config.task]
+
+        @app.post(f"/{config.task}")
+        def vision(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
+            results = []
+            for item in body["images"]:
+                feeds, geo = image.preprocess(base64.b64decode(item))
+                out = run(feeds)
+                if config.task == "classify":
+                    preds = post(out, 5)
+                    results.append([{"label": p.label, "score": p.score} for p in preds])
+                elif config.task == "detect":
+                    det = post(out, geo, DetectParams())
+                    results.append({"boxes": det.boxes.tolist(), "scores": det.scores.tolist()})
+                else:
+                    seg = post(out, geo, SegmentParams())
+                    results.append({"png": getattr(seg, "png", None)})
+            return {"results": results}
+
+    else:
+        assert config.text is not None
+        encoder = TextEncoder(
+            folder / config.text.tokenizer,
+            max_length=config.text.max_length,
+            input_names=[i.name for i in config.inputs],
+        )
+
+        @app.post("/embed")
+        def embed(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
+            texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+            vectors = []
+            for feeds, _ in encoder.encode(texts, truncate=True):
+                vectors.append(l2_normalise(run(feeds)[outputs[0]]).tolist())
+            return {"embeddings": vectors}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=8100)
+    args = parser.parse_args()
+    uvicorn.run(
+        create_naive_app(args.model_dir), host="127.0.0.1", port=args.port, log_level="warning"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime intra-op threads per model; 0 = all cores."
     )
+    ort_allow_spinning: bool = Field(
+        default=True, description="ONNX Runtime threads spin between ops (lower latency, more CPU)."
+    )
     preprocess_threads: int = Field(
         default=0, ge=0, description="Threads decoding images / tokenizing; 0 = min(4, cores)."
     )

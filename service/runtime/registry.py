@@ -200,6 +200,7 @@ class ModelRegistry:
                 providers=providers,
                 require_cuda=self.settings.require_cuda,
                 intra_op_threads=self.settings.intra_op_threads,
+                allow_spinning=self.settings.ort_allow_spinning,
             )
         except SessionError as exc:
             raise SessionError(f"model {served.name!r}: {exc}") from exc
@@ -273,6 +274,7 @@ class ModelRegistry:
                 served.session,
                 batched=config.batched,
                 collate=lambda items: pad_feeds(items, pad_id),
+                bucket_by=config.inputs[0].name,
             )
         return BatchRunner(served.session, batched=config.batched)
 

@@ -80,6 +80,7 @@ class OrtSession:
         providers: list[str],
         require_cuda: bool = False,
         intra_op_threads: int = 0,
+        allow_spinning: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -87,6 +88,11 @@ class OrtSession:
         options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # ORT's pool threads spin while waiting for work: lower latency per run, but CPU the
+        # event loop and the preprocessing pool could use; measured both ways in benchmarks/
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+        )
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types

@@ -28,19 +28,57 @@ def split_outputs(outputs: Outputs, n: int) -> list[Outputs]:
     return [{name: value[i] for name, value in outputs.items()} for i in range(n)]
 
 
+def length_buckets(
+    lengths: Sequence[int], *, min_size: int = 8, max_ratio: float = 1.25
+) -> list[list[int]]:
+    """Group item indices by similar length so each group pads little.
+
+    Items are sorted by length; a new group starts once the current one holds ``min_size`` items
+    and the next item is more than ``max_ratio`` times longer than the group's shortest. Cost on
+    CPU grows with batch × longest sequence, so this trades a few more (smaller) runs for less
+    padding.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if len(current) >= min_size and lengths[i] > lengths[current[0]] * max_ratio:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
 class BatchRunner:
     """Runs a list of items through a session: collate → run → split (on the model thread).
 
     Models without a batch axis (``max_batch_size: 0``) get one item per run, unchanged.
     """
 
-    def __init__(self, session: Any, *, batched: bool, collate: Any = stack_feeds) -> None:
+    def __init__(
+        self,
+        session: Any,
+        *,
+        batched: bool,
+        collate: Any = stack_feeds,
+        bucket_by: str | None = None,
+    ) -> None:
         self._session = session
         self._batched = batched
         self._collate = collate
+        self._bucket_by = bucket_by  # variable-length input to group by (text: input_ids)
 
     def __call__(self, items: list[Feeds]) -> list[Outputs]:
         if not self._batched:
             return [self._session.run(item) for item in items]
-        outputs = self._session.run(self._collate(items))
-        return split_outputs(outputs, len(items))
+        if self._bucket_by is None or len(items) < 2:
+            return split_outputs(self._session.run(self._collate(items)), len(items))
+        results: list[Outputs | None] = [None] * len(items)
+        lengths = [item[self._bucket_by].shape[0] for item in items]
+        for group in length_buckets(lengths):
+            outputs = self._session.run(self._collate([items[i] for i in group]))
+            for i, out in zip(group, split_outputs(outputs, len(group)), strict=True):
+                results[i] = out
+        return [r for r in results if r is not None]

@@ -167,22 +167,15 @@ def input_tensor(decoded: DecodedImage, spec: ImagePreprocessing) -> tuple[np.nd
         geo = Geometry(
             r * rx, r * ry, left, top, decoded.orig_w, decoded.orig_h, target_w, target_h
         )
-    else:  # center_crop
+    else:  # center_crop: one resize of just the cropped region (PIL's box argument)
         assert spec.resize_shorter is not None
-        r = spec.resize_shorter / min(w, h)
-        new_w, new_h = max(target_w, round(w * r)), max(target_h, round(h * r))
-        resized = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
-        arr = np.asarray(resized)[top : top + target_h, left : left + target_w]
+        r = max(spec.resize_shorter / min(w, h), target_w / w, target_h / h)
+        crop_w, crop_h = target_w / r, target_h / r
+        left, top = (w - crop_w) / 2, (h - crop_h) / 2
+        box = (left, top, left + crop_w, top + crop_h)
+        arr = np.asarray(img.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box))
         geo = Geometry(
-            new_w / decoded.orig_w,
-            new_h / decoded.orig_h,
-            -left,
-            -top,
-            decoded.orig_w,
-            decoded.orig_h,
-            target_w,
-            target_h,
+            r * rx, r * ry, -left * r, -top * r, decoded.orig_w, decoded.orig_h, target_w, target_h
         )
     return normalise(arr, spec), geo
 
@@ -207,11 +200,9 @@ class ImageProcessor:
         self.spec = spec
         self.input_name = input_name
         self.max_pixels = max_pixels
-        if spec.resize == "center_crop":
-            assert spec.resize_shorter is not None
-            self._draft: tuple[int, int] = (spec.resize_shorter, spec.resize_shorter)
-        else:
-            self._draft = (spec.width, spec.height)
+        # JPEGs decode at the smallest DCT scale that still covers the model input: never below
+        # the input resolution, often 2-8× fewer pixels to decode and resize
+        self._draft: tuple[int, int] = (spec.width, spec.height)
 
     def preprocess(self, data: bytes) -> tuple[dict[str, np.ndarray], Geometry]:
         decoded = decode_image(data, max_pixels=self.max_pixels, min_size=self._draft)

@@ -1,6 +1,7 @@
 """``python -m service``: Settings → uvicorn.run(create_app(settings)).
 
 One worker per process: every worker would load every model again, so scale out with replicas.
+``ortserve serve`` (service.cli) runs the same ``serve`` with settings from its options.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from service.metrics import JsonFormatter
 from service.settings import Settings
 
 
-def main() -> None:
-    settings = Settings()
+def serve(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter()
@@ -32,6 +32,10 @@ def main() -> None:
         access_log=False,  # service.access logs each request with its id and model
         log_config=None,  # keep the handler configured above (JSON or text)
     )
+
+
+def main() -> None:
+    serve(Settings())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
-from service.api import classify, detect, embed, health, segment
+from service.api import classify, demo, detect, embed, health, openai, segment, v2
 from service.api import openapi as openapi_docs
 from service.api.deps import check_api_key
 from service.errors import ServiceError
@@ -136,6 +136,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=protected)
     app.include_router(health.models_router, dependencies=protected)
     app.include_router(health.router)
+    app.include_router(v2.router, dependencies=protected)
+    app.include_router(v2.health_router)
+    app.include_router(openai.router, dependencies=protected)
+    app.include_router(demo.router)
     openapi_docs.install(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -132,7 +132,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - started
-            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            # the matched route's template keeps labels bounded (/v2/models/{name}/infer)
+            route = scope.get("route")
+            path = getattr(route, "path", None) or (
+                scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            )
             model = str(scope.get("state", {}).get("model", ""))
             self.metrics.requests.labels(path, model, str(status)).inc()
             self.metrics.latency.labels(path).observe(elapsed)

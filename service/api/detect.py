@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, get_model, read_images_request
+from service import render
+from service.api.deps import RequestContext, get_model, read_images_request, settings_of
 from service.api.openapi import images_body
 from service.errors import BadRequestError
 from service.schemas.common import Box, error_responses
-from service.schemas.vision import Detection, DetectRequest, DetectResponse, DetectResult
+from service.schemas.vision import (
+    Detection,
+    DetectRequest,
+    DetectResponse,
+    DetectResult,
+    rendered_responses,
+)
 from service.tasks.base import Outputs
 from service.tasks.classification import label_for
 from service.tasks.detection import Detections, DetectParams
@@ -26,11 +33,16 @@ router = APIRouter(tags=["vision"])
         "torchvision-style detectors. Send JSON with base64 `images` or multipart `file` parts."
     ),
     openapi_extra=images_body(DetectRequest),
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    responses={
+        **rendered_responses(),
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    },
 )
-async def detect(request: Request, response: Response) -> DetectResponse:
+async def detect(request: Request, response: Response) -> DetectResponse | Response:
     ctx = RequestContext.start(request)
     params, images = await read_images_request(request, DetectRequest)
+    if params.render and len(images) != 1:
+        raise BadRequestError(f"render=true draws one image; this request has {len(images)}")
     served = get_model(request, params.model, "detect")
     labels = served.labels
     class_ids = None
@@ -46,6 +58,19 @@ async def detect(request: Request, response: Response) -> DetectResponse:
         return post(outputs, geo, det_params), geo
 
     results = await ctx.run_images(served, images, postprocess)
+    if params.render:
+        picture = await ctx.in_pool(
+            lambda: render.detections_picture(
+                images[0],
+                results[0][0],
+                labels,
+                params.render_format,
+                max_pixels=settings_of(request).max_image_pixels,
+            )
+        )
+        rendered = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
+        ctx.headers(rendered)
+        return rendered
     ctx.headers(response)
     return DetectResponse(
         model=served.name,

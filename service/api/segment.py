@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, get_model, read_images_request
+from service import render
+from service.api.deps import RequestContext, get_model, read_images_request, settings_of
 from service.api.openapi import images_body
+from service.errors import BadRequestError
+from service.runtime.registry import ServedModel
 from service.schemas.common import Box, error_responses
 from service.schemas.vision import (
     ClassArea,
@@ -16,6 +19,7 @@ from service.schemas.vision import (
     SegmentRequest,
     SegmentResponse,
     SemanticResult,
+    rendered_responses,
 )
 from service.tasks import segmentation as seg
 from service.tasks.base import Outputs
@@ -34,11 +38,16 @@ router = APIRouter(tags=["vision"])
         "(Mask R-CNN) return scored instances with COCO RLE masks. Masks are at original size."
     ),
     openapi_extra=images_body(SegmentRequest),
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    responses={
+        **rendered_responses(),
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    },
 )
-async def segment(request: Request, response: Response) -> SegmentResponse:
+async def segment(request: Request, response: Response) -> SegmentResponse | Response:
     ctx = RequestContext.start(request)
     params, images = await read_images_request(request, SegmentRequest)
+    if params.render and len(images) != 1:
+        raise BadRequestError(f"render=true draws one image; this request has {len(images)}")
     served = get_model(request, params.model, "segment")
     labels = served.labels
     seg_params = seg.SegmentParams(params.confidence, params.mask_format)
@@ -49,6 +58,8 @@ async def segment(request: Request, response: Response) -> SegmentResponse:
     ) -> tuple[seg.SemanticResult | list[seg.Instance], Geometry]:
         return post(outputs, geo, seg_params), geo
 
+    if params.render:
+        return await _rendered(ctx, served, images[0], seg_params, params.render_format)
     results = await ctx.run_images(served, images, postprocess)
     ctx.headers(response)
     out: list[SemanticResult | InstanceResult] = []
@@ -89,3 +100,29 @@ async def segment(request: Request, response: Response) -> SegmentResponse:
                 )
             )
     return SegmentResponse(model=served.name, results=out)
+
+
+async def _rendered(
+    ctx: RequestContext,
+    served: ServedModel,
+    image: bytes,
+    seg_params: seg.SegmentParams,
+    fmt: render.RenderFormat,
+) -> Response:
+    """The picture: semantic class map as an overlay with a legend, or outlined instances."""
+    post = served.postprocess
+    labels = served.labels
+    max_pixels = settings_of(ctx.request).max_image_pixels
+
+    def draw(outputs: Outputs, geo: Geometry) -> bytes:
+        if post.fmt == "maskrcnn":
+            instances = post(outputs, geo, seg_params)
+            return render.instances_picture(image, instances, labels, fmt, max_pixels=max_pixels)
+        # the class map itself: no PNG or RLE round trip for drawing
+        class_map = seg.semantic_class_map(outputs[post.output_names[0]], geo)
+        return render.semantic_picture(image, class_map, labels, fmt, max_pixels=max_pixels)
+
+    [picture] = await ctx.run_images(served, [image], draw)
+    rendered = Response(picture, media_type=render.MEDIA_TYPES[fmt])
+    ctx.headers(rendered)
+    return rendered

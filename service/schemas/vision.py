@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -30,7 +30,31 @@ class ClassifyResponse(BaseModel):
     results: list[ClassifyResult] = Field(description="One per input image, in input order.")
 
 
-class DetectRequest(ImagesRequest):
+class RenderOptions(BaseModel):
+    """``render=true``: answer with the annotated picture instead of JSON (one image only)."""
+
+    render: bool = Field(
+        default=False,
+        description=(
+            "Return the input image with the results drawn on it (content-type image/png or "
+            "image/jpeg) instead of JSON. Needs exactly one image."
+        ),
+    )
+    render_format: Literal["png", "jpeg"] = Field(default="png", description="With render=true.")
+
+
+def rendered_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI: the 200 answer is JSON, or with render=true the annotated picture."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        200: {
+            "description": "JSON results, or with render=true the annotated image.",
+            "content": {"image/png": binary, "image/jpeg": binary},
+        }
+    }
+
+
+class DetectRequest(RenderOptions, ImagesRequest):
     confidence: UnitFloat = Field(default=0.25, description="Minimum score of a detection.")
     iou: UnitFloat = Field(default=0.45, description="NMS IoU threshold.")
     max_detections: int = Field(default=300, ge=1, le=10000, description="Per image.")
@@ -60,7 +84,7 @@ class DetectResponse(BaseModel):
     results: list[DetectResult]
 
 
-class SegmentRequest(ImagesRequest):
+class SegmentRequest(RenderOptions, ImagesRequest):
     confidence: UnitFloat = Field(default=0.5, description="Instance models: minimum score.")
     mask_format: Literal["png", "rle"] = Field(
         default="png",

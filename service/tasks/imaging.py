@@ -171,11 +171,18 @@ def input_tensor(decoded: DecodedImage, spec: ImagePreprocessing) -> tuple[np.nd
         assert spec.resize_shorter is not None
         r = max(spec.resize_shorter / min(w, h), target_w / w, target_h / h)
         crop_w, crop_h = target_w / r, target_h / r
-        left, top = (w - crop_w) / 2, (h - crop_h) / 2
-        box = (left, top, left + crop_w, top + crop_h)
+        crop_x, crop_y = (w - crop_w) / 2, (h - crop_h) / 2
+        box = (crop_x, crop_y, crop_x + crop_w, crop_y + crop_h)
         arr = np.asarray(img.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box))
         geo = Geometry(
-            r * rx, r * ry, -left * r, -top * r, decoded.orig_w, decoded.orig_h, target_w, target_h
+            r * rx,
+            r * ry,
+            -crop_x * r,
+            -crop_y * r,
+            decoded.orig_w,
+            decoded.orig_h,
+            target_w,
+            target_h,
         )
     return normalise(arr, spec), geo
 

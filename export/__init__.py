@@ -1,0 +1,1 @@
+"""PyTorch → ONNX model folders for ortserve, each proven by a parity check."""

@@ -1,0 +1,101 @@
+"""Parity: PyTorch vs ONNX Runtime on the same real inputs, at batch 1 and batch > 1."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+log = logging.getLogger("export")
+
+
+class ParityError(Exception):
+    """ONNX Runtime disagrees with PyTorch beyond the stated tolerance."""
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two ``[N, D]`` arrays."""
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.asarray(num / np.maximum(den, 1e-12))
+
+
+def check_parity(
+    torch_fn: Callable[..., Any],
+    onnx_path: Path,
+    samples: Sequence[dict[str, np.ndarray]],
+    *,
+    atol: float,
+    rtol: float = 0.0,
+    min_cosine: float | None = None,
+    name: str = "model",
+) -> dict[str, Any]:
+    """Run every sample (a dict of named input arrays) through both and compare all outputs.
+
+    ``torch_fn(**tensors)`` returns a tensor or a tuple of tensors in ONNX output order.
+    Returns a report; raises ParityError when any output differs beyond ``atol + rtol·|ref|``
+    (or, with ``min_cosine``, when a row's cosine similarity falls below it).
+    """
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+    checks: list[dict[str, Any]] = []
+    worst = 0.0
+    for sample in samples:
+        with torch.no_grad():
+            expected = torch_fn(**{k: torch.from_numpy(v) for k, v in sample.items()})
+        if isinstance(expected, torch.Tensor):
+            expected = (expected,)
+        got = session.run(output_names, sample)
+        batch = next(iter(sample.values())).shape[0]
+        for out_name, ref, val in zip(output_names, expected, got, strict=True):
+            ref_np = ref.detach().cpu().numpy()
+            if ref_np.shape != val.shape:
+                raise ParityError(
+                    f"{name}: output {out_name} shape {val.shape} != PyTorch {ref_np.shape}"
+                )
+            diff = float(np.max(np.abs(ref_np.astype(np.float64) - val))) if ref_np.size else 0.0
+            allowed = atol + rtol * float(np.max(np.abs(ref_np))) if ref_np.size else atol
+            entry: dict[str, Any] = {
+                "batch": int(batch),
+                "output": out_name,
+                "max_abs_diff": diff,
+                "allowed": allowed,
+            }
+            ok = diff <= allowed
+            if min_cosine is not None and ref_np.size:
+                cos = float(cosine(ref_np, val).min())
+                entry["min_cosine"] = cos
+                ok = ok and cos >= min_cosine
+            entry["ok"] = ok
+            checks.append(entry)
+            worst = max(worst, diff)
+            log.info(
+                "parity %s batch=%d %s: max|Δ|=%.3g (allowed %.3g)",
+                name,
+                batch,
+                out_name,
+                diff,
+                allowed,
+            )
+    report = {
+        "model": name,
+        "atol": atol,
+        "rtol": rtol,
+        "min_cosine": min_cosine,
+        "max_abs_diff": worst,
+        "checks": checks,
+        "passed": all(c["ok"] for c in checks),
+    }
+    if not report["passed"]:
+        bad = next(c for c in checks if not c["ok"])
+        raise ParityError(
+            f"{name}: parity failed on output {bad['output']} at batch {bad['batch']}: {bad}"
+        )
+    return report

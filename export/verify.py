@@ -36,6 +36,7 @@ def check_parity(
     rtol: float = 0.0,
     min_cosine: float | None = None,
     name: str = "model",
+    batch_axis: bool = True,
 ) -> dict[str, Any]:
     """Run every sample (a dict of named input arrays) through both and compare all outputs.
 
@@ -53,7 +54,7 @@ def check_parity(
         if isinstance(expected, torch.Tensor):
             expected = (expected,)
         got = session.run(output_names, sample)
-        batch = next(iter(sample.values())).shape[0]
+        batch = next(iter(sample.values())).shape[0] if batch_axis else 1
         for out_name, ref, val in zip(output_names, expected, got, strict=True):
             ref_np = ref.detach().cpu().numpy()
             if ref_np.shape != val.shape:

@@ -1,1 +1,13 @@
-# model rules for shapes demo models (issue 4)
+# Demo models for /detect and /segment (issue 4): trained here on synthetic shapes, seeded, CPU.
+TRAIN_SRC := training/__main__.py training/shapes.py training/models.py training/train.py $(EXPORT_SRC)
+
+DEFAULT_MODELS += $(MODELS)/shapes-yolo/model.onnx $(MODELS)/shapes-unet/model.onnx $(MODELS)/shapes-maskrcnn/model.onnx
+
+$(MODELS)/shapes-yolo/model.onnx: $(TRAIN_SRC) | $(VENV)/.installed
+	$(PY) -m training shapes-yolo --out $(MODELS)/shapes-yolo
+
+$(MODELS)/shapes-unet/model.onnx: $(TRAIN_SRC) | $(VENV)/.installed
+	$(PY) -m training shapes-unet --out $(MODELS)/shapes-unet
+
+$(MODELS)/shapes-maskrcnn/model.onnx: $(TRAIN_SRC) training/maskrcnn.py | $(VENV)/.installed
+	$(PY) -m training shapes-maskrcnn --out $(MODELS)/shapes-maskrcnn

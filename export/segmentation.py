@@ -1,0 +1,340 @@
+"""torchvision segmenters → ONNX model folders (task ``segment``).
+
+Semantic: FCN-ResNet50/101, DeepLabV3 (ResNet-50/101, MobileNetV3-Large) — output ``logits
+float32[B, C, H, W]`` (the ``out`` head; the auxiliary head is training-only), letterboxed input.
+Instance: Mask R-CNN ResNet-50 FPN v1 and v2 — one ``float32[3, H, W]`` image per run (dynamic H,
+W; the model resizes and normalises inside the graph), outputs boxes / labels / scores / masks with
+the masks already pasted into the input image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from export.common import (
+    DEFAULT_OPSET,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ExportError,
+    export_onnx,
+    set_metadata,
+    write_model_folder,
+)
+from export.verify import check_parity
+
+log = logging.getLogger("export")
+SEMANTIC = (
+    "fcn_resnet50",
+    "fcn_resnet101",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv3_mobilenet_v3_large",
+)
+INSTANCE = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+VOC_LABELS = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
+
+
+class SemanticOut(torch.nn.Module):
+    """torchvision segmentation model → its main ``out`` logits only."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(input)["out"]
+        return out
+
+
+class SingleImageMaskRCNN(torch.nn.Module):
+    """One image in, the four tensors the ONNX graph exposes out."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        result = self.model([image])[0]
+        return result["boxes"], result["labels"], result["scores"], result["masks"]
+
+
+def _labels_from_weights(arch: str, weights: str | None, fallback: list[str]) -> list[str]:
+    if weights is None:
+        return fallback
+    entry = torchvision.models.get_model_weights(arch)
+    member = entry.DEFAULT if weights == "DEFAULT" else entry[weights]
+    return list(member.meta["categories"])
+
+
+def _load(
+    arch: str, weights: str | None, checkpoint: Path | None, num_classes: int | None, **kwargs: Any
+) -> torch.nn.Module:
+    if weights is not None:
+        model = torchvision.models.get_model(arch, weights=weights, **kwargs)
+    else:
+        extra = {"num_classes": num_classes} if num_classes else {}
+        model = torchvision.models.get_model(
+            arch, weights=None, weights_backbone=None, **extra, **kwargs
+        )
+    if checkpoint is not None:
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    loaded: torch.nn.Module = model.eval()
+    return loaded
+
+
+def export_semantic(
+    arch: str,
+    out: Path,
+    *,
+    weights: str | None = None,
+    checkpoint: Path | None = None,
+    labels: list[str] | None = None,
+    size: int = 520,
+    max_batch_size: int = 4,
+    opset: int = DEFAULT_OPSET,
+) -> dict[str, Any]:
+    from service.runtime.model_config import ImagePreprocessing
+    from service.tasks.imaging import ImageProcessor
+
+    if arch not in SEMANTIC:
+        raise ExportError(f"{arch!r} is not one of {SEMANTIC}")
+    labels = labels or _labels_from_weights(arch, weights, VOC_LABELS)
+    model = SemanticOut(_load(arch, weights, checkpoint, len(labels), aux_loss=False)).eval()
+    image = {
+        "resize": "letterbox",
+        "width": size,
+        "height": size,
+        "pad_value": 0,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+    from export.classifiers import sample_images
+
+    processor = ImageProcessor(ImagePreprocessing.model_validate(image), "input", max_pixels=10**8)
+    tensors = [processor.preprocess(j)[0]["input"] for j in sample_images()]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx_model = export_onnx(
+            model,
+            (torch.from_numpy(tensors[0][None]),),
+            path,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset=opset,
+        )
+        parity = check_parity(
+            model,
+            path,
+            [{"input": tensors[0][None]}, {"input": np.stack(tensors[:2])}],
+            atol=1e-3,
+            rtol=1e-3,
+            name=out.name,
+        )
+    set_metadata(
+        onnx_model,
+        {
+            "task": "segment",
+            "format": "semantic-logits",
+            "labels": labels,
+            "input_size": [size, size],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "source": {
+                "architecture": arch,
+                "weights": weights or (checkpoint.name if checkpoint else "random-init"),
+            },
+            "opset": opset,
+        },
+    )
+    config = {
+        "task": "segment",
+        "format": "semantic-logits",
+        "description": f"torchvision {arch}",
+        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, size, size]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), size, size]}],
+        "image": image,
+        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 128},
+    }
+    write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
+    return parity
+
+
+def export_maskrcnn_model(
+    model: torch.nn.Module,
+    out: Path,
+    *,
+    labels: list[str],
+    samples: list[np.ndarray],
+    source: dict[str, str],
+    max_side: int = 800,
+    atol: float = 2e-3,
+    opset: int = DEFAULT_OPSET,
+) -> dict[str, Any]:
+    """Export a torchvision Mask R-CNN (eval mode) with its single-image ONNX signature."""
+    single = SingleImageMaskRCNN(model).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx_model = export_onnx(
+            single,
+            (torch.from_numpy(samples[0]),),
+            path,
+            input_names=["image"],
+            output_names=["boxes", "labels", "scores", "masks"],
+            dynamic_axes={
+                "image": {1: "height", 2: "width"},
+                "boxes": {0: "n"},
+                "labels": {0: "n"},
+                "scores": {0: "n"},
+                "masks": {0: "n", 2: "height", 3: "width"},
+            },
+            opset=opset,
+        )
+        parity = check_parity(
+            single,
+            path,
+            [{"image": s} for s in samples],
+            atol=atol,
+            rtol=1e-3,
+            name=out.name,
+            batch_axis=False,
+        )
+    set_metadata(
+        onnx_model,
+        {
+            "task": "segment",
+            "format": "maskrcnn",
+            "labels": labels,
+            "source": source,
+            "opset": opset,
+        },
+    )
+    config = {
+        "task": "segment",
+        "format": "maskrcnn",
+        "description": f"Mask R-CNN ({source['architecture']})",
+        "inputs": [{"name": "image", "dtype": "float32", "dims": [3, -1, -1]}],
+        "outputs": [
+            {"name": "boxes", "dtype": "float32", "dims": [-1, 4]},
+            {"name": "labels", "dtype": "int64", "dims": [-1]},
+            {"name": "scores", "dtype": "float32", "dims": [-1]},
+            {"name": "masks", "dtype": "float32", "dims": [-1, 1, -1, -1]},
+        ],
+        # normalisation and resizing happen inside the graph; the service only scales to [0, 1]
+        "image": {"resize": "fit", "width": max_side, "height": max_side},
+        "batching": {"max_batch_size": 0, "max_delay_ms": 0, "max_queue_size": 64},
+    }
+    write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
+    return parity
+
+
+def export_maskrcnn(
+    arch: str,
+    out: Path,
+    *,
+    weights: str | None = None,
+    checkpoint: Path | None = None,
+    labels: list[str] | None = None,
+    min_size: int = 800,
+    max_size: int = 1333,
+) -> dict[str, Any]:
+    if arch not in INSTANCE:
+        raise ExportError(f"{arch!r} is not one of {INSTANCE}")
+    coco = _labels_from_weights(arch, "DEFAULT", [])
+    labels = labels or _labels_from_weights(arch, weights, coco)
+    model = _load(arch, weights, checkpoint, len(labels), min_size=min_size, max_size=max_size)
+    from export.classifiers import sample_images
+    from service.tasks.imaging import decode_image
+
+    samples = []
+    for jpeg in sample_images()[:2]:
+        img = decode_image(jpeg, max_pixels=10**8).image
+        img.thumbnail((max_size, max_size))
+        samples.append(
+            np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+        )
+    source = {
+        "architecture": arch,
+        "weights": weights or (checkpoint.name if checkpoint else "random-init"),
+    }
+    return export_maskrcnn_model(
+        model, out, labels=labels, samples=samples, source=source, max_side=max_size
+    )
+
+
+def add_parser(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "segmenter", help="torchvision FCN / DeepLabV3 / Mask R-CNN"
+    )
+    p.add_argument("--arch", required=True, choices=[*SEMANTIC, *INSTANCE])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="torchvision weights name, e.g. DEFAULT (downloads)")
+    source.add_argument("--checkpoint", type=Path)
+    source.add_argument("--random-init", action="store_true")
+    p.add_argument("--labels", type=Path, help="one per line; index 0 is background")
+    p.add_argument("--size", type=int, default=520, help="semantic: square input size")
+    p.add_argument(
+        "--min-size", type=int, default=800, help="Mask R-CNN: internal resize (shorter side)"
+    )
+    p.add_argument(
+        "--max-size", type=int, default=1333, help="Mask R-CNN: internal resize (longer side)"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    labels = (
+        [x.strip() for x in args.labels.read_text().splitlines() if x.strip()]
+        if args.labels
+        else None
+    )
+    if args.arch in SEMANTIC:
+        return export_semantic(
+            args.arch,
+            args.out,
+            weights=args.weights,
+            checkpoint=args.checkpoint,
+            labels=labels,
+            size=args.size,
+        )
+    return export_maskrcnn(
+        args.arch,
+        args.out,
+        weights=args.weights,
+        checkpoint=args.checkpoint,
+        labels=labels,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )

@@ -12,6 +12,7 @@ repository's own ``export.py --include onnx --dynamic``; serve it with ``format:
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import tempfile
 from pathlib import Path
@@ -40,17 +41,17 @@ class _FirstOutput(torch.nn.Module):
 
 
 def load_ultralytics(weights: str) -> tuple[torch.nn.Module, list[str], int]:
-    try:
-        from ultralytics import YOLO
-        from ultralytics.nn.modules import Detect
+    try:  # imported by name: an optional dependency without complete type information
+        ultralytics: Any = importlib.import_module("ultralytics")
+        detect_head: Any = importlib.import_module("ultralytics.nn.modules").Detect
     except ImportError as exc:
         raise ExportError(
             "YOLO export needs Ultralytics (AGPL-3.0, optional): pip install ultralytics"
         ) from exc
-    yolo = YOLO(weights, task="detect")
-    model = yolo.model.eval()
+    yolo = ultralytics.YOLO(weights, task="detect")
+    model: Any = yolo.model.eval()
     for module in model.modules():
-        if isinstance(module, Detect):
+        if isinstance(module, detect_head):
             module.export = True  # the inference layout [B, 4+C, N], no auxiliary outputs
             module.format = "onnx"
             module.dynamic = True

@@ -229,6 +229,7 @@ def export_maskrcnn_model(
             rtol=1e-3,
             name=out.name,
             batch_axis=False,
+            mask_outputs={"masks": "scores"},
         )
     set_metadata(
         onnx_model,

@@ -27,6 +27,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(num / np.maximum(den, 1e-12))
 
 
+def mask_iou(ref: np.ndarray, got: np.ndarray) -> float:
+    """Smallest per-instance IoU of two ``[N, ...]`` probability masks binarised at 0.5."""
+    if ref.shape[0] == 0:
+        return 1.0
+    a = ref.reshape(ref.shape[0], -1) >= 0.5
+    b = got.reshape(got.shape[0], -1) >= 0.5
+    inter = (a & b).sum(1)
+    union = (a | b).sum(1)
+    return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).min())
+
+
 def check_parity(
     torch_fn: Callable[..., Any],
     onnx_path: Path,
@@ -37,10 +48,17 @@ def check_parity(
     min_cosine: float | None = None,
     name: str = "model",
     batch_axis: bool = True,
+    mask_outputs: dict[str, str] | None = None,
+    min_mask_iou: float = 0.99,
+    mask_min_score: float = 0.3,
 ) -> dict[str, Any]:
     """Run every sample (a dict of named input arrays) through both and compare all outputs.
 
     ``torch_fn(**tensors)`` returns a tensor or a tuple of tensors in ONNX output order.
+    ``mask_outputs`` maps probability-mask outputs ``[N,1,H,W]`` to their score output: masks are
+    compared binarised at 0.5 and each instance scoring at least ``mask_min_score`` (what a client
+    would be shown) must reach ``min_mask_iou`` — edge pixels of pasted masks legitimately differ
+    between PyTorch's and the ONNX graph's interpolation.
     Returns a report; raises ParityError when any output differs beyond ``atol + rtol·|ref|``
     (or, with ``min_cosine``, when a row's cosine similarity falls below it).
     """
@@ -61,6 +79,27 @@ def check_parity(
                 raise ParityError(
                     f"{name}: output {out_name} shape {val.shape} != PyTorch {ref_np.shape}"
                 )
+            if mask_outputs and out_name in mask_outputs:
+                scores = got[output_names.index(mask_outputs[out_name])]
+                keep = scores >= mask_min_score
+                iou = mask_iou(ref_np[keep], val[keep])
+                checks.append(
+                    {
+                        "batch": int(batch),
+                        "output": out_name,
+                        "min_mask_iou": iou,
+                        "allowed": min_mask_iou,
+                        "ok": iou >= min_mask_iou,
+                    }
+                )
+                log.info(
+                    "parity %s %s: min mask IoU %.4f (needs %.2f)",
+                    name,
+                    out_name,
+                    iou,
+                    min_mask_iou,
+                )
+                continue
             diff = float(np.max(np.abs(ref_np.astype(np.float64) - val))) if ref_np.size else 0.0
             allowed = atol + rtol * float(np.max(np.abs(ref_np))) if ref_np.size else atol
             entry: dict[str, Any] = {

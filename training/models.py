@@ -15,16 +15,19 @@ def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Classic U-Net (double convs, max-pool down, bilinear up + skip concat).
+    """U-Net (double convs, max-pool down, bilinear up + skip concat) behind a stride-2 stem.
 
-    ``float32[B,3,H,W]`` (H, W multiples of 16) → logits ``float32[B,classes,H,W]``.
+    The stem halves the resolution the U-Net works at (a quarter of the compute, twice the
+    receptive field); the logits are upsampled back bilinearly.
+    ``float32[B,3,H,W]`` (H, W multiples of 32) → logits ``float32[B,classes,H,W]``.
     """
 
     def __init__(self, classes: int = 4, base: int = 16) -> None:
         super().__init__()
         widths = [base, base * 2, base * 4, base * 8, base * 8]
+        self.stem = conv(3, base, 2)
         self.down = nn.ModuleList()
-        cin = 3
+        cin = base
         for w in widths:
             self.down.append(nn.Sequential(conv(cin, w), conv(w, w)))
             cin = w
@@ -35,6 +38,8 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(cin, classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
@@ -42,7 +47,8 @@ class UNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)  # type: ignore[no-any-return]
+        logits: torch.Tensor = F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
+        return logits
 
 
 class ShapesYolo(nn.Module):

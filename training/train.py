@@ -57,12 +57,13 @@ def unet_batch(
     images, targets = [], []
     for sample, f in zip(samples, flip, strict=True):
         h, w = sample.semantic.shape
-        tensor, _ = input_tensor(DecodedImage(Image.fromarray(sample.image), w, h), spec)
-        target = np.asarray(
-            Image.fromarray(sample.semantic).resize(
-                (spec.width, spec.height), Image.Resampling.NEAREST
-            )
-        )
+        tensor, geo = input_tensor(DecodedImage(Image.fromarray(sample.image), w, h), spec)
+        # the label map goes through the same geometry (nearest, padding = background)
+        new_w, new_h = round(w * geo.scale_x), round(h * geo.scale_y)
+        target = np.zeros((spec.height, spec.width), np.uint8)
+        left, top = int(geo.pad_x), int(geo.pad_y)
+        resized = Image.fromarray(sample.semantic).resize((new_w, new_h), Image.Resampling.NEAREST)
+        target[top : top + new_h, left : left + new_w] = np.asarray(resized)
         if f:
             tensor, target = tensor[:, :, ::-1], target[:, ::-1]
         images.append(np.ascontiguousarray(tensor))
@@ -71,15 +72,15 @@ def unet_batch(
 
 
 def train_unet(
-    out: Path, *, steps: int = 400, batch: int = 8, images: int = 400, seed: int = 0
+    out: Path, *, steps: int = 900, batch: int = 8, images: int = 400, seed: int = 0
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    spec = ImagePreprocessing(resize="stretch", width=UNET_SIZE, height=UNET_SIZE)
+    spec = ImagePreprocessing(resize="letterbox", width=UNET_SIZE, height=UNET_SIZE, pad_value=114)
     data = _samples(images, seed=1)
-    model = UNet(classes=len(SEMANTIC_LABELS), base=8)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    model = UNet(classes=len(SEMANTIC_LABELS), base=12)
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps, pct_start=0.15)
     weights = torch.tensor([0.5, 1.0, 1.0, 1.0])
     started = time.perf_counter()
     model.train()
@@ -94,7 +95,7 @@ def train_unet(
         sched.step()
         _progress("shapes-unet", step, steps, loss.item(), started)
     model.eval()
-    image_cfg = {"resize": "stretch", "width": UNET_SIZE, "height": UNET_SIZE}
+    image_cfg = {"resize": "letterbox", "width": UNET_SIZE, "height": UNET_SIZE, "pad_value": 114}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         x, _ = unet_batch(_samples(3, seed=2), spec, np.zeros(3, bool))

@@ -73,6 +73,19 @@ def test_detect_yolov5_layout_and_class_filter(client: TestClient) -> None:
     assert "zebra" in unknown.json()["error"]
 
 
+def test_detect_torchvision_style_model_scales_boxes_back(client: TestClient) -> None:
+    img = np.zeros((100, 300, 3), np.uint8)
+    img[:, :150, 0] = 255  # red left half
+    body = client.post(
+        "/detect", json={"images": [b64(png(img))], "model": "tiny-tv-detector"}
+    ).json()
+    [det] = body["results"][0]["detections"]
+    assert det["label"] == "red-half"
+    assert det["score"] == pytest.approx(1.0, abs=0.02)
+    # the model saw the image fitted into 64×64 (64×21); the box comes back in original pixels
+    assert det["box"] == pytest.approx({"x1": 0, "y1": 0, "x2": 150, "y2": 100}, abs=3)
+
+
 def test_detect_multipart_form_fields(client: TestClient) -> None:
     img = np.zeros((64, 64, 3), np.uint8)
     img[:32, 32:, 0] = 255
@@ -228,6 +241,40 @@ def test_bad_requests_get_a_clear_json_error(
 def test_too_many_images_is_413(client: TestClient) -> None:
     r = client.post("/classify", json={"images": ["aGk="] * 40})
     assert r.status_code == 413
+
+
+def test_api_keys_guard_inference_but_not_health(tiny_repo) -> None:
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.support.tiny_models import TINY_DEFAULTS
+
+    app = create_app(Settings(model_repository=tiny_repo, api_keys="k1,k2", **TINY_DEFAULTS))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        payload = {"inputs": "cat"}
+        assert c.post("/embed", json=payload).status_code == 401
+        wrong = c.post("/embed", json=payload, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error_type"] == "unauthorized"
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        assert (
+            c.post("/embed", json=payload, headers={"Authorization": "Bearer k2"}).status_code
+            == 200
+        )
+        assert c.get("/health/ready").status_code == 200
+        assert c.get("/v1/models").status_code == 401
+
+
+def test_cors_is_closed_by_default_and_configurable(client: TestClient, tiny_repo) -> None:
+    from service.app import create_app
+    from service.settings import Settings
+
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    closed = client.options("/embed", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    app = create_app(Settings(model_repository=tiny_repo, cors_origins="https://app.example"))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        opened = c.options("/embed", headers=preflight)
+        assert opened.headers["access-control-allow-origin"] == "https://app.example"
 
 
 def test_models_listing_and_health(client: TestClient) -> None:

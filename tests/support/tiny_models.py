@@ -209,6 +209,58 @@ def maskrcnn(folder: Path) -> None:
     )
 
 
+def torchvision_detector(folder: Path) -> None:
+    """torchvision-style outputs, no batch axis: one box covering the image's red half (left),
+    label 1, score = mean red of that half."""
+    nodes = [
+        _const("c0", np.array([0], dtype=np.int64)),
+        _const("c1", np.array([1], dtype=np.int64)),
+        _const("ax0", np.array([0], dtype=np.int64)),
+        helper.make_node("Slice", ["image", "c0", "c1", "ax0"], ["red"]),
+        helper.make_node("Shape", ["image"], ["shape"]),
+        _const("hw_idx", np.array([2, 1], dtype=np.int64)),
+        helper.make_node("Gather", ["shape", "hw_idx"], ["wh_i"], axis=0),
+        helper.make_node("Cast", ["wh_i"], ["wh"], to=TensorProto.FLOAT),
+        _const("half_w", np.array([0.5, 1.0], dtype=np.float32)),
+        helper.make_node("Mul", ["wh", "half_w"], ["corner"]),
+        _const("origin", np.zeros(2, dtype=np.float32)),
+        helper.make_node("Concat", ["origin", "corner"], ["box"], axis=0),
+        helper.make_node("Unsqueeze", ["box", "ax0"], ["boxes"]),
+        helper.make_node("ReduceMean", ["red"], ["mean_red"], keepdims=0),
+        _const("two", np.array(2.0, dtype=np.float32)),
+        helper.make_node("Mul", ["mean_red", "two"], ["score"]),  # red covers half the image
+        helper.make_node("Unsqueeze", ["score", "ax0"], ["scores"]),
+        _const("labels", np.array([1], dtype=np.int64)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-torchvision-detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, "height", "width"])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"]),
+        ],
+    )
+    _save(
+        folder,
+        graph,
+        {
+            "task": "detect",
+            "format": "torchvision-detection",
+            "inputs": [{"name": "image", "dtype": "float32", "dims": [3, -1, -1]}],
+            "outputs": [
+                {"name": "boxes", "dtype": "float32", "dims": [-1, 4]},
+                {"name": "labels", "dtype": "int64", "dims": [-1]},
+                {"name": "scores", "dtype": "float32", "dims": [-1]},
+            ],
+            "image": {"resize": "fit", "width": 64, "height": 64},
+            "labels": ["background", "red-half"],
+            "batching": {"max_batch_size": 0, "max_queue_size": 64},
+        },
+    )
+
+
 def embedder(folder: Path, dims: int = 8, seed: int = 0) -> None:
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
     for word in WORDS:
@@ -277,6 +329,7 @@ def build_repository(root: Path) -> Path:
     yolo(root / "tiny-yolov5", "yolov5")
     semantic(root / "tiny-seg")
     maskrcnn(root / "tiny-maskrcnn")
+    torchvision_detector(root / "tiny-tv-detector")
     embedder(root / "tiny-embedder")
     return root
 

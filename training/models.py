@@ -47,7 +47,9 @@ class UNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
-        logits: torch.Tensor = F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
+        logits: torch.Tensor = F.interpolate(
+            self.head(x), size=size, mode="bilinear", align_corners=False
+        )
         return logits
 
 

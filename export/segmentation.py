@@ -201,6 +201,7 @@ def export_maskrcnn_model(
     max_side: int = 800,
     atol: float = 2e-3,
     opset: int = DEFAULT_OPSET,
+    min_mask_iou: float = 0.99,
 ) -> dict[str, Any]:
     """Export a torchvision Mask R-CNN (eval mode) with its single-image ONNX signature."""
     single = SingleImageMaskRCNN(model).eval()
@@ -230,6 +231,7 @@ def export_maskrcnn_model(
             name=out.name,
             batch_axis=False,
             mask_outputs={"masks": "scores"},
+            min_mask_iou=min_mask_iou,
         )
     set_metadata(
         onnx_model,
@@ -269,7 +271,10 @@ def export_maskrcnn(
     labels: list[str] | None = None,
     min_size: int = 800,
     max_size: int = 1333,
+    atol: float = 2e-3,
+    min_mask_iou: float = 0.99,
 ) -> dict[str, Any]:
+    """``atol`` applies to boxes and scores; masks are compared by IoU (see check_parity)."""
     if arch not in INSTANCE:
         raise ExportError(f"{arch!r} is not one of {INSTANCE}")
     coco = _labels_from_weights(arch, "DEFAULT", [])
@@ -290,7 +295,14 @@ def export_maskrcnn(
         "weights": weights or (checkpoint.name if checkpoint else "random-init"),
     }
     return export_maskrcnn_model(
-        model, out, labels=labels, samples=samples, source=source, max_side=max_size
+        model,
+        out,
+        labels=labels,
+        samples=samples,
+        source=source,
+        max_side=max_size,
+        atol=atol,
+        min_mask_iou=min_mask_iou,
     )
 
 

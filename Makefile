@@ -37,5 +37,11 @@ lint: install
 bench: models
 	$(PY) -m benchmarks.run
 
+# Mixed traffic (good and hostile) against the default repository; fails on any 5xx or on
+# memory growth. SOAK_S=3600 for a long run.
+SOAK_S ?= 300
+soak: models
+	$(PY) scripts/soak.py --repository $(MODELS) --duration-s $(SOAK_S)
+
 clean-models:
 	rm -rf $(DEFAULT_MODELS:%/model.onnx=%)

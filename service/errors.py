@@ -72,6 +72,14 @@ class NotReadyError(ServiceError):
     error_type = "not_ready"
 
 
+class ClientDisconnectedError(ServiceError):
+    """The client went away while its request waited in the queue (nginx's 499). Nobody reads
+    this response; the status keeps the access log and metrics honest."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
 class DeadlineExceededError(ServiceError):
     status_code = 504
     error_type = "deadline_exceeded"

@@ -17,6 +17,7 @@ from service.errors import PayloadTooLargeError
 log = logging.getLogger("service")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+OPENAI_PATH = "/v1/embeddings"  # answers errors in OpenAI's shape (service.api.openai)
 
 
 def error_body(message: str, error_type: str, request_id: str) -> bytes:
@@ -98,7 +99,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared > limit:
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return
         received = 0
 
@@ -108,8 +109,10 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # a ServiceError: the app's handler turns it into the usual 413 body
-                    raise PayloadTooLargeError(self._message())
+                    # a ServiceError: the app's handler turns it into the usual 413 body;
+                    # "close" makes uvicorn drop the connection after it instead of reading
+                    # and discarding whatever else the client keeps sending
+                    raise PayloadTooLargeError(self._message(), headers={"Connection": "close"})
             return message
 
         await self.app(scope, limited_receive, send)
@@ -119,8 +122,12 @@ class BodyLimitMiddleware:
             f"the request body is larger than {self.max_body_bytes} bytes (ORTSERVE_MAX_BODY_BYTES)"
         )
 
-    async def _reject(self, send: Send) -> None:
-        body = error_body(self._message(), "payload_too_large", request_id_var.get())
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        if scope["path"].startswith(OPENAI_PATH):  # the error shape that route documents
+            openai = {"message": self._message(), "type": "invalid_request_error"}
+            body = orjson.dumps({"error": {**openai, "param": None, "code": "payload_too_large"}})
+        else:
+            body = error_body(self._message(), "payload_too_large", request_id_var.get())
         headers: list[Any] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -91,8 +91,15 @@ def model_info(served: ServedModel, defaults: list[str]) -> ModelInfo:
     if served.session is not None:
         info.providers = served.session.providers
     if served.batcher is not None and info.batching is not None:
+        stats = served.batcher.stats
         info.batching.queue_depth = served.batcher.queue_depth
-        info.batching.mean_batch_size = round(served.batcher.stats.mean_batch_size, 3)
+        info.batching.mean_batch_size = round(stats.mean_batch_size, 3)
+        info.batching.batches = stats.batches
+        info.batching.items = stats.items
+        info.batching.failed_batches = stats.failed_batches
+        info.batching.expired = stats.expired
+        info.batching.dropped_disconnected = stats.dropped_disconnected
+        info.batching.rejected_overloaded = stats.rejected_overloaded
     return info
 
 

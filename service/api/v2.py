@@ -40,7 +40,7 @@ from service.errors import (
 )
 from service.runtime.batcher import gather_or_cancel
 from service.runtime.model_config import ModelConfig, TensorSpec
-from service.runtime.registry import ServedModel
+from service.runtime.registry import ServedModel, not_ready_message
 from service.schemas.common import error_responses
 from service.schemas.v2 import (
     InferInputTensor,
@@ -118,14 +118,14 @@ def _served(request: Request, name: str, version: str | None) -> ServedModel:
 
 def _config(served: ServedModel) -> ModelConfig:
     if served.config is None:
-        raise NotReadyError(f"model {served.name!r} is not available ({served.error})")
+        raise NotReadyError(not_ready_message(served))
     return served.config
 
 
 def _ready(served: ServedModel) -> ModelConfig:
     config = _config(served)
     if not served.ready:
-        raise NotReadyError(f"model {served.name!r} is not ready ({served.error or served.status})")
+        raise NotReadyError(not_ready_message(served))
     return config
 
 
@@ -261,8 +261,12 @@ def decode_request(
     header_length: str | None,
     config: ModelConfig,
     max_body_bytes: int,
+    vocab_size: int | None = None,
 ) -> DecodedRequest:
-    """Body (JSON, or JSON header + binary tensors) → checked feeds split into rows."""
+    """Body (JSON, or JSON header + binary tensors) → checked feeds split into rows.
+
+    ``vocab_size`` (text models): token ids must index the model's vocabulary; an id outside it
+    is the client's mistake (400), not a failed run."""
     body = _decompress(body, content_encoding, max_body_bytes)
     binary = memoryview(b"")
     if header_length is not None:
@@ -302,6 +306,11 @@ def decode_request(
         if len(shapes) != 1:
             raise BadRequestError(f"text inputs must all have the same shape, got {sorted(shapes)}")
         seq_len = int(next(iter(shapes))[-1])
+        for name, arr in feeds.items():
+            top = vocab_size if name == "input_ids" and vocab_size else None
+            if arr.dtype.kind in "iu" and (arr.min() < 0 or (top is not None and arr.max() >= top)):
+                bound = f"between 0 and {top - 1}" if top is not None else "non-negative"
+                raise BadRequestError(f"input {name!r}: values must be {bound}")
     if not config.batched:
         return DecodedRequest(request, [feeds], wanted, None, seq_len)
     rows = {arr.shape[0] for arr in feeds.values()}
@@ -505,6 +514,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             header_length=request.headers.get(HEADER_LENGTH),
             config=config,
             max_body_bytes=settings_of(request).max_body_bytes,
+            vocab_size=served.text.vocab_size if served.text is not None else None,
         ),
         await request.body(),
     )

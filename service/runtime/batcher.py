@@ -5,7 +5,8 @@ model takes the first item, drains whatever else is already queued (up to ``max_
 waits up to ``max_delay_ms`` for more only when the previous batch was not a singleton (an idle
 server never waits for a batch that will not come), then runs the batch on a dedicated
 single-thread executor. While the model runs, the next batch accumulates in the queue. Futures
-are completed on the event loop by the collector.
+are completed on the event loop by the collector. A batch whose run raises is retried in halves,
+so an input that breaks the graph fails only its own request, not the ones batched with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from service.errors import (
+    ClientDisconnectedError,
     DeadlineExceededError,
     InferenceFailedError,
     NotReadyError,
@@ -200,11 +202,25 @@ class DynamicBatcher(Generic[In, Out]):
             )
             return False
         waited_long = now - item.enqueued > _DISCONNECT_CHECK_AFTER_S
-        if item.is_disconnected is not None and waited_long and await item.is_disconnected():
+        if item.is_disconnected is not None and waited_long and await self._gone(item):
             self.stats.dropped_disconnected += 1
-            item.future.cancel()
+            # an error, not cancel(): a CancelledError would escape the route as an unhandled
+            # "Exception in ASGI application" and be counted as a 500
+            if not item.future.done():
+                item.future.set_exception(
+                    ClientDisconnectedError("the client disconnected while the request was queued")
+                )
             return False
         return True
+
+    @staticmethod
+    async def _gone(item: _Item[In, Out]) -> bool:
+        assert item.is_disconnected is not None
+        try:
+            return await item.is_disconnected()
+        except Exception:  # never let one request's transport kill the model's collector
+            log.debug("disconnect check failed", exc_info=True)
+            return False
 
     async def _collect(self) -> None:
         assert self._queue is not None
@@ -238,7 +254,9 @@ class DynamicBatcher(Generic[In, Out]):
                 for _ in batch:
                     queue.task_done()
 
-    async def _run(self, batch: list[_Item[In, Out]], loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(
+        self, batch: list[_Item[In, Out]], loop: asyncio.AbstractEventLoop, *, retry: bool = False
+    ) -> None:
         started = loop.time()
         self._last_batch_size = len(batch)
         try:
@@ -246,9 +264,26 @@ class DynamicBatcher(Generic[In, Out]):
                 self._executor, self._run_batch, [item.payload for item in batch]
             )
             if len(outputs) != len(batch):
-                raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(batch)}")
+                raise _OutputCountError(
+                    f"run_batch returned {len(outputs)} outputs for {len(batch)}"
+                )
         except Exception as exc:
-            self.stats.failed_batches += 1
+            if not retry:
+                self.stats.failed_batches += 1
+            pending = [item for item in batch if not item.future.done()]
+            if len(pending) > 1 and not isinstance(exc, (ServiceError, _OutputCountError)):
+                # one client's bad input (an out-of-range id, a value the graph cannot take)
+                # must not fail the requests batched with it: bisect until the culprit runs alone
+                log.warning(
+                    "model %s: batch of %d failed (%s); retrying in halves",
+                    self.name,
+                    len(batch),
+                    type(exc).__name__,
+                )
+                half = len(pending) // 2
+                await self._run(pending[:half], loop, retry=True)
+                await self._run(pending[half:], loop, retry=True)
+                return
             log.error("model %s: batch of %d failed", self.name, len(batch), exc_info=exc)
             error = (
                 exc
@@ -277,6 +312,10 @@ class DynamicBatcher(Generic[In, Out]):
                 )
         if self._observer is not None:
             self._observer(len(batch), queue_s / len(batch), inference_s)
+
+
+class _OutputCountError(RuntimeError):
+    """run_batch broke its contract (a bug in collate/split, not in one input): no retry."""
 
 
 async def gather_or_cancel(aws: Sequence[Awaitable[Any]]) -> list[Any]:

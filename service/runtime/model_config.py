@@ -143,6 +143,8 @@ def load_model_config(folder: Path) -> tuple[ModelConfig, list[str]]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"model {name!r}: missing config.yaml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"model {name!r}: config.yaml cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"model {name!r}: config.yaml is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -167,6 +169,12 @@ def load_model_config(folder: Path) -> tuple[ModelConfig, list[str]]:
         label_path = folder / config.labels
         if not label_path.is_file():
             raise ConfigError(f"model {name!r}: field labels: file {config.labels!r} not found")
-        labels = [line.strip() for line in label_path.read_text(encoding="utf-8").splitlines()]
+        try:
+            text = label_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"model {name!r}: field labels: {config.labels!r} cannot be read: {exc}"
+            ) from None
+        labels = [line.strip() for line in text.splitlines()]
         labels = [line for line in labels if line]
     return config, labels

@@ -162,6 +162,14 @@ def _warmup_feeds(config: ModelConfig, text_length: int = 16) -> Feeds:
     return feeds
 
 
+def not_ready_message(served: ServedModel) -> str:
+    """For clients: the load error itself (ONNX Runtime text, file paths) stays in the log and
+    GET /v1/models."""
+    if served.status == "failed":
+        return f"model {served.name!r} failed to load; GET /v1/models says why"
+    return f"model {served.name!r} is not ready ({served.status})"
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, observer_factory: Any = None) -> None:
         self.settings = settings
@@ -187,6 +195,12 @@ class ModelRegistry:
                 log.error("%s", exc)
                 if self.settings.strict_startup:
                     raise ConfigError(str(exc)) from exc
+            except Exception as exc:  # a bug or an odd file must not stop a non-strict start
+                served.status = "failed"
+                served.error = f"model {served.name!r}: {type(exc).__name__}: {exc}"
+                log.error("%s", served.error, exc_info=exc)
+                if self.settings.strict_startup:
+                    raise ConfigError(served.error) from exc
 
     def _load_one(self, served: ServedModel, providers: list[str]) -> None:
         config, labels = load_model_config(served.folder)
@@ -301,7 +315,7 @@ class ModelRegistry:
                 f"model {name!r} serves task {served.config.task!r}, not {task!r}"
             )
         if not served.ready:
-            raise NotReadyError(f"model {name!r} is not ready ({served.error or served.status})")
+            raise NotReadyError(not_ready_message(served))
         return served
 
     def default_for(self, task: str) -> str:

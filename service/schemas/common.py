@@ -73,6 +73,16 @@ class BatchingInfo(BaseModel):
     max_queue_size: int
     queue_depth: int = 0
     mean_batch_size: float = 0.0
+    batches: int = Field(default=0, description="Runs since start-up.")
+    items: int = Field(default=0, description="Items run since start-up.")
+    failed_batches: int = Field(default=0, description="Batches whose run raised.")
+    expired: int = Field(
+        default=0, description="Items dropped: deadline passed in the queue (504)."
+    )
+    dropped_disconnected: int = Field(
+        default=0, description="Items dropped: the client left while queued."
+    )
+    rejected_overloaded: int = Field(default=0, description="Requests refused: queue full (429).")
 
 
 class ModelInfo(BaseModel):

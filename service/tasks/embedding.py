@@ -32,6 +32,7 @@ class TextEncoder:
         base.enable_truncation(max_length)
         self._tokenizer = base
         self.max_length = max_length
+        self.vocab_size = base.get_vocab_size(with_added_tokens=True)
         self.input_names = tuple(input_names)
 
     def encode(self, texts: Sequence[str], *, truncate: bool) -> list[tuple[Feeds, TextMeta]]:

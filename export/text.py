@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
-from export.verify import check_parity
+from export.verify import check_parity, compare_latency_ms
 
 log = logging.getLogger("export")
 
@@ -60,31 +60,80 @@ class PooledEncoder(torch.nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
 def read_pooling(model_dir: Path) -> str:
-    """sentence-transformers' 1_Pooling/config.json (via modules.json if present), else mean."""
+    """sentence-transformers' pooling (``modules.json`` → ``1_Pooling/config.json``), else mean.
+
+    Raises ExportError for what the graph would silently get wrong: a pipeline with extra
+    modules (e.g. a ``Dense`` projection) or a pooling mode other than mean or CLS.
+    """
     candidates = [model_dir / "1_Pooling" / "config.json"]
     modules = model_dir / "modules.json"
     if modules.is_file():
         for module in json.loads(modules.read_text()):
-            if module.get("type", "").endswith("Pooling"):
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            if kind not in SUPPORTED_ST_MODULES:
+                raise ExportError(
+                    f"{model_dir}: sentence-transformers module {kind!r} is not supported "
+                    f"(only {', '.join(SUPPORTED_ST_MODULES)})"
+                )
+            if kind == "Pooling":
                 candidates.insert(0, model_dir / module.get("path", "") / "config.json")
     for path in candidates:
         if path.is_file():
             cfg = json.loads(path.read_text())
-            if cfg.get("pooling_mode_cls_token"):
+            modes = [
+                k.removeprefix("pooling_mode_")
+                for k, v in cfg.items()
+                if k.startswith("pooling_mode_") and v
+            ]
+            if modes == ["cls_token"]:
                 return "cls"
-            if cfg.get("pooling_mode_mean_tokens"):
+            if modes == ["mean_tokens"]:
                 return "mean"
+            raise ExportError(f"{path}: pooling {modes} is not supported (mean or CLS only)")
     return "mean"
 
 
 def read_max_length(model_dir: Path, model_config: Any) -> int:
+    """sentence-transformers' ``max_seq_length``, else the model's position limit."""
+    limit = int(getattr(model_config, "max_position_embeddings", 512) or 512)
     st = model_dir / "sentence_bert_config.json"
     if st.is_file():
         value = json.loads(st.read_text()).get("max_seq_length")
         if value:
-            return int(value)
-    return int(getattr(model_config, "max_position_embeddings", 512))
+            return min(int(value), limit)
+    return limit
+
+
+def source_name(model_dir: Path) -> str:
+    """A readable name for the weights: the directory, or its parent for a generic one."""
+    model_dir = model_dir.resolve()
+    if model_dir.name in ("model", "models", "weights", "snapshot") and model_dir.parent.name:
+        return model_dir.parent.name
+    return model_dir.name
+
+
+def latency_feeds(sample: dict[str, np.ndarray], max_length: int) -> dict[str, np.ndarray]:
+    """batch 8 × 128 tokens (or max_length) of real ids, tiled from a sample batch: a load where
+    the graph's arithmetic, not per-call overhead, dominates."""
+    length = min(128, max_length)
+    out = {}
+    for name, value in sample.items():
+        row = np.resize(value[value.shape[0] - 1], length)
+        if name == "attention_mask":
+            row = np.ones(length, dtype=np.int64)
+        out[name] = np.tile(row, (8, 1)).astype(np.int64)
+    return out
+
+
+def timing(paths: list[Path], samples: list[dict[str, np.ndarray]], max_length: int) -> Any:
+    """Median single-thread CPU latency (ms) of each graph on the short sample batch and on
+    8 × 128 tokens, measured interleaved."""
+    loads = {"batch5_short": samples[-1], "batch8_seq128": latency_feeds(samples[-1], max_length)}
+    return {load: compare_latency_ms(paths, feeds) for load, feeds in loads.items()}
 
 
 def tokenizer_file(model_dir: Path, tmp: Path) -> Path:
@@ -100,14 +149,14 @@ def tokenizer_file(model_dir: Path, tmp: Path) -> Path:
 
 
 def encode_samples(
-    tokenizer: Path, max_length: int, input_names: list[str]
+    tokenizer: Path, max_length: int, input_names: list[str], pad_token_id: int = 0
 ) -> list[dict[str, np.ndarray]]:
     """The service's own tokenizing and padding, at batch 1 and a padded batch."""
     from service.tasks.embedding import TextEncoder, pad_feeds
 
     encoder = TextEncoder(tokenizer, max_length=max_length, input_names=input_names)
     items = [feeds for feeds, _ in encoder.encode(SAMPLE_TEXTS, truncate=True)]
-    return [pad_feeds(items[:1], 0), pad_feeds(items, 0)]
+    return [pad_feeds(items[:1], pad_token_id), pad_feeds(items, pad_token_id)]
 
 
 def export_text(
@@ -119,8 +168,13 @@ def export_text(
     quantize: str | None = None,
     optimize: bool = False,
     max_batch_size: int = 32,
+    max_delay_ms: float = 2.0,
     opset: int = DEFAULT_OPSET,
+    min_speedup: float = 1.05,
 ) -> dict[str, Any]:
+    """Export, check parity on real sentences (batch 1 and a padded batch 5) and write the model
+    folder. ``optimize`` keeps the fused graph only if it is at least ``min_speedup`` × faster
+    (geometric mean over the two timing loads). Returns the parity report (with timings)."""
     from transformers import AutoConfig, AutoModel
 
     if not (model_dir / "config.json").is_file():
@@ -134,11 +188,12 @@ def export_text(
         and (getattr(hf_config, "type_vocab_size", 0) or 0) > 0
     )
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+    pad_token_id = int(getattr(hf_config, "pad_token_id", 0) or 0)
     wrapper = PooledEncoder(model, pooling, uses_token_types).eval()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tokenizer = tokenizer_file(model_dir, tmp)
-        samples = encode_samples(tokenizer, max_length, input_names)
+        samples = encode_samples(tokenizer, max_length, input_names, pad_token_id)
         path = tmp / "model.onnx"
         dummy = tuple(torch.from_numpy(samples[1][n]) for n in input_names)
         axes = {n: {0: "batch", 1: "sequence"} for n in input_names} | {
@@ -156,16 +211,36 @@ def export_text(
         parity = check_parity(wrapper, path, samples, atol=1e-4, rtol=1e-3, name=out.name)
         variant = "fp32"
         if optimize:
-            onnx_model = _optimize(path, hf_config)
-            onnx.save(onnx_model, str(path))
-            parity["optimized"] = check_parity(
-                wrapper, path, samples, atol=1e-3, rtol=1e-2, name=f"{out.name}-optimized"
+            fused_path = tmp / "model-fused.onnx"
+            onnx.save(_optimize(path, hf_config), str(fused_path))
+            fused_parity = check_parity(
+                wrapper, fused_path, samples, atol=1e-3, rtol=1e-2, name=f"{out.name}-optimized"
             )
-            variant += "+fused"
+            log.info("timing fp32 vs fused graph")
+            times = timing([path, fused_path], samples, max_length)
+            speedup = float(np.exp(np.mean([np.log(a / b) for a, b in times.values()])))
+            kept = speedup >= min_speedup
+            parity["optimize"] = {
+                "parity": fused_parity,
+                "latency_ms": {load: {"fp32": a, "fused": b} for load, (a, b) in times.items()},
+                "speedup": speedup,
+                "kept": kept,
+            }
+            log.info(
+                "fused graph: %.2f× (%s; needs %.2f×)",
+                speedup,
+                "kept" if kept else "discarded",
+                min_speedup,
+            )
+            if kept:
+                path = fused_path
+                onnx_model = onnx.load(str(path))
+                variant += "+fused"
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             int8_path = tmp / "model-int8.onnx"
+            log.info("quantizing to int8 (dynamic, per-channel weights)")
             # per-channel weight scales keep MiniLM at cosine ≈ 0.991 to fp32 (per-tensor: 0.976);
             # reduce_range avoids int16 saturation on CPUs without VNNI
             quantize_dynamic(
@@ -183,6 +258,16 @@ def export_text(
                 min_cosine=0.99,
                 name=f"{out.name}-int8",
             )
+            log.info("timing %s vs int8 graph", variant)
+            times = timing([path, int8_path], samples, max_length)
+            parity["int8"]["latency_ms"] = {
+                load: {variant: a, "int8": b} for load, (a, b) in times.items()
+            }
+            parity["int8"]["speedup"] = {load: a / b for load, (a, b) in times.items()}
+            parity["int8"]["size_mb"] = {
+                variant: path.stat().st_size / 1e6,
+                "int8": int8_path.stat().st_size / 1e6,
+            }
             onnx_model = onnx.load(str(int8_path))
             variant = variant.replace("fp32", "int8")
         dims = int(hf_config.hidden_size)
@@ -196,7 +281,7 @@ def export_text(
                 "dimensions": dims,
                 "source": {
                     "architecture": hf_config.model_type,
-                    "weights": str(model_dir.name),
+                    "weights": source_name(model_dir),
                     "variant": variant,
                 },
                 "opset": opset,
@@ -205,18 +290,21 @@ def export_text(
         config = {
             "task": "embed",
             "format": "sentence-embedding",
-            "description": f"{hf_config.model_type} sentence encoder {model_dir.name} ({pooling} pooling, {variant})",
+            "description": (
+                f"{hf_config.model_type} sentence encoder {source_name(model_dir)} "
+                f"({pooling} pooling, {variant})"
+            ),
             "inputs": [{"name": n, "dtype": "int64", "dims": [-1]} for n in input_names],
             "outputs": [{"name": "sentence_embedding", "dtype": "float32", "dims": [dims]}],
             "text": {
                 "tokenizer": "tokenizer.json",
                 "max_length": max_length,
-                "pad_token_id": int(getattr(hf_config, "pad_token_id", 0) or 0),
+                "pad_token_id": pad_token_id,
                 "pooling": pooling,
             },
             "batching": {
                 "max_batch_size": max_batch_size,
-                "max_delay_ms": 2,
+                "max_delay_ms": max_delay_ms,
                 "max_queue_size": 4096,
             },
         }
@@ -251,8 +339,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--max-length", type=int, help="default: max_seq_length of the model")
     p.add_argument("--quantize", choices=["int8"], help="ONNX Runtime dynamic quantization")
-    p.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusions")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="ONNX Runtime transformer fusions, kept only if measurably faster",
+    )
     p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=_run)
@@ -267,6 +360,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         quantize=args.quantize,
         optimize=args.optimize,
         max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
         opset=args.opset,
     )
 

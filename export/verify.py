@@ -139,3 +139,39 @@ def check_parity(
             f"{name}: parity failed on output {bad['output']} at batch {bad['batch']}: {bad}"
         )
     return report
+
+
+def compare_latency_ms(
+    onnx_paths: Sequence[Path],
+    feeds: dict[str, np.ndarray],
+    *,
+    runs: int = 30,
+    warmup: int = 3,
+    threads: int = 1,
+) -> list[float]:
+    """Median wall time of one ONNX Runtime CPU run of each graph, in milliseconds.
+
+    The graphs run interleaved (A, B, A, B, ...) so that load from other processes on a shared
+    machine hits them alike; one intra-op thread by default, so the numbers are about the
+    graphs rather than the number of idle cores. Used to decide whether ``--optimize`` pays and
+    to report what ``--quantize int8`` buys.
+    """
+    import time
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sessions = [
+        ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
+        for p in onnx_paths
+    ]
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for session, bucket in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            session.run(None, feeds)
+            bucket.append(time.perf_counter() - started)
+    return [float(np.median(bucket) * 1000.0) for bucket in times]

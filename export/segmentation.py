@@ -2,6 +2,7 @@
 
 Semantic: FCN-ResNet50/101, DeepLabV3 (ResNet-50/101, MobileNetV3-Large) — output ``logits
 float32[B, C, H, W]`` (the ``out`` head; the auxiliary head is training-only), letterboxed input.
+U-Net (``training.models.UNet``): the same semantic layout, from a checkpoint trained with it.
 Instance: Mask R-CNN ResNet-50 FPN v1 and v2 — one ``float32[3, H, W]`` image per run (dynamic H,
 W; the model resizes and normalises inside the graph), outputs boxes / labels / scores / masks with
 the masks already pasted into the input image.
@@ -191,6 +192,133 @@ def export_semantic(
     return parity
 
 
+def export_unet_model(
+    model: torch.nn.Module,
+    out: Path,
+    *,
+    labels: list[str],
+    size: int,
+    samples: np.ndarray,
+    source: dict[str, str],
+    description: str = "U-Net",
+    max_batch_size: int = 8,
+    opset: int = DEFAULT_OPSET,
+) -> dict[str, Any]:
+    """Export a U-Net (``training.models.UNet``, eval mode): ``input float32[B,3,S,S]``
+    (letterboxed, RGB, /255) → ``logits float32[B,C,S,S]``; ``samples float32[n,3,S,S]``, n ≥ 2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx_model = export_onnx(
+            model,
+            (torch.from_numpy(samples[:1]),),
+            path,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset=opset,
+        )
+        parity = check_parity(
+            lambda input: model(input),
+            path,
+            [{"input": samples[:1]}, {"input": samples}],
+            atol=1e-3,
+            rtol=1e-3,
+            name=out.name,
+        )
+    set_metadata(
+        onnx_model,
+        {
+            "task": "segment",
+            "format": "semantic-logits",
+            "labels": labels,
+            "input_size": [size, size],
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "source": source,
+            "opset": opset,
+        },
+    )
+    config = {
+        "task": "segment",
+        "format": "semantic-logits",
+        "description": description,
+        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, size, size]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), size, size]}],
+        "image": {"resize": "letterbox", "width": size, "height": size, "pad_value": 114},
+        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 256},
+    }
+    write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
+    return parity
+
+
+def load_unet(checkpoint: Path) -> tuple[torch.nn.Module, list[str] | None]:
+    """A ``training.models.UNet`` or ``MobileUNet`` from a checkpoint: a bare state_dict or
+    ``{"state_dict": ..., "labels": [...]}`` (what ``python -m training shapes-unet`` saves).
+    The architecture, widths and class count are read from the weights' names and shapes."""
+    from training.models import MobileUNet, UNet
+
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ExportError(f"{checkpoint}: expected a state_dict or a dict holding one")
+    labels = state.get("labels")
+    weights = state.get("state_dict", state)
+    try:
+        if "encoder.0.0.weight" in weights:  # training.models.MobileUNet
+            model: torch.nn.Module = MobileUNet.from_state_dict(weights)
+        else:
+            model = UNet.from_state_dict(weights)
+    except (KeyError, RuntimeError) as exc:
+        raise ExportError(
+            f"{checkpoint}: not a training.models UNet/MobileUNet state_dict ({exc})"
+        ) from None
+    return model.eval(), (list(labels) if labels else None)
+
+
+def export_unet(
+    checkpoint: Path | None,
+    out: Path,
+    *,
+    labels: list[str] | None = None,
+    size: int = 256,
+    classes: int = 4,
+    max_batch_size: int = 8,
+) -> dict[str, Any]:
+    """A U-Net checkpoint (or, with ``checkpoint=None``, a randomly initialised one) → model
+    folder; parity on real photos letterboxed as the service will feed them."""
+    from export.classifiers import sample_images
+    from service.runtime.model_config import ImagePreprocessing
+    from service.tasks.imaging import ImageProcessor
+    from training.models import UNet
+
+    if size % 32:
+        raise ExportError(f"U-Net input size must be a multiple of 32, got {size}")
+    if checkpoint is None:
+        model: torch.nn.Module = UNet(classes=len(labels) if labels else classes).eval()
+        stored = None
+    else:
+        model, stored = load_unet(checkpoint)
+    head = model.head
+    assert isinstance(head, torch.nn.Conv2d)
+    labels = labels or stored or [f"class{i}" for i in range(head.out_channels)]
+    if len(labels) != head.out_channels:
+        raise ExportError(f"{len(labels)} labels for a U-Net with {head.out_channels} classes")
+    spec = ImagePreprocessing(resize="letterbox", width=size, height=size, pad_value=114)
+    processor = ImageProcessor(spec, "input", max_pixels=10**8)
+    tensors = np.stack([processor.preprocess(j)[0]["input"] for j in sample_images()[:2]])
+    return export_unet_model(
+        model,
+        out,
+        labels=labels,
+        size=size,
+        samples=tensors,
+        source={
+            "architecture": "unet",
+            "weights": checkpoint.name if checkpoint else "random-init",
+        },
+        max_batch_size=max_batch_size,
+    )
+
+
 def export_maskrcnn_model(
     model: torch.nn.Module,
     out: Path,
@@ -308,15 +436,16 @@ def export_maskrcnn(
 
 def add_parser(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "segmenter", help="torchvision FCN / DeepLabV3 / Mask R-CNN"
+        "segmenter", help="torchvision FCN / DeepLabV3 / Mask R-CNN, or the project's U-Net"
     )
-    p.add_argument("--arch", required=True, choices=[*SEMANTIC, *INSTANCE])
+    p.add_argument("--arch", required=True, choices=[*SEMANTIC, *INSTANCE, "unet"])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", help="torchvision weights name, e.g. DEFAULT (downloads)")
-    source.add_argument("--checkpoint", type=Path)
+    source.add_argument("--checkpoint", type=Path, help="a state_dict (.pt/.pth) of --arch")
     source.add_argument("--random-init", action="store_true")
     p.add_argument("--labels", type=Path, help="one per line; index 0 is background")
-    p.add_argument("--size", type=int, default=520, help="semantic: square input size")
+    p.add_argument("--size", type=int, help="semantic: square input size (default 520; U-Net 256)")
+    p.add_argument("--classes", type=int, default=4, help="U-Net --random-init: class count")
     p.add_argument(
         "--min-size", type=int, default=800, help="Mask R-CNN: internal resize (shorter side)"
     )
@@ -333,6 +462,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if args.labels
         else None
     )
+    if args.arch == "unet":
+        if args.weights:
+            raise ExportError("the U-Net has no published weights: use --checkpoint")
+        return export_unet(
+            args.checkpoint, args.out, labels=labels, size=args.size or 256, classes=args.classes
+        )
     if args.arch in SEMANTIC:
         return export_semantic(
             args.arch,
@@ -340,7 +475,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             weights=args.weights,
             checkpoint=args.checkpoint,
             labels=labels,
-            size=args.size,
+            size=args.size or 520,
         )
     return export_maskrcnn(
         args.arch,

@@ -1,10 +1,11 @@
 # Demo models for /detect and /segment (issue 4): trained here on synthetic shapes, seeded, CPU.
 TRAIN_SRC := training/__main__.py training/shapes.py training/models.py training/train.py $(EXPORT_SRC)
 
-DEFAULT_MODELS += $(MODELS)/shapes-yolo/model.onnx $(MODELS)/shapes-unet/model.onnx
+# About 16 minutes together on 2 CPU cores (YOLO 4, U-Net 4, Mask R-CNN 8); numbers in
+# docs/detection-segmentation.md.
+DEFAULT_MODELS += $(MODELS)/shapes-yolo/model.onnx $(MODELS)/shapes-unet/model.onnx \
+	$(MODELS)/shapes-maskrcnn/model.onnx
 
-# The instance model is not a default yet: its CPU training time and accuracy are still being
-# tuned (issue 4). make models-maskrcnn builds it.
 .PHONY: models-maskrcnn
 models-maskrcnn: $(MODELS)/shapes-maskrcnn/model.onnx
 

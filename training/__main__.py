@@ -21,11 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="where the trained weights go (default: artifacts/<model>.pt)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    checkpoint = args.checkpoint or Path("artifacts") / f"{args.model}.pt"
+    kwargs = {"seed": args.seed, "checkpoint": checkpoint}
+    if args.steps:
+        kwargs["steps"] = args.steps
     started = time.perf_counter()
     parity = TRAINERS[args.model](args.out, **kwargs)
     print(

@@ -1,7 +1,9 @@
 """Train the shapes demo models on CPU (seeded) and export them through the export framework.
 
-Inputs are prepared with the service's own preprocessing (``service.tasks.imaging``), so the
-models see in training exactly what the server will feed them.
+Inputs are prepared once with the service's own preprocessing (``service.tasks.imaging``, the
+letterbox the server applies), so the models see in training exactly what the server feeds them.
+Each step draws a batch from that pool and applies one of the eight flips/transposes of the
+square input (the shapes have no preferred orientation), with the targets moved alike.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,137 +20,200 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from export.common import export_onnx, set_metadata, write_model_folder
 from export.verify import check_parity
 from service.runtime.model_config import ImagePreprocessing
 from service.tasks.imaging import DecodedImage, input_tensor
-from training.models import ShapesYolo, UNet
+from training.models import ShapesYolo
 from training.shapes import CLASSES, SEMANTIC_LABELS, Sample, generate
 
 log = logging.getLogger("training")
+PAD_VALUE = 114  # letterbox border, as Ultralytics pads
 
 
-def _progress(name: str, step: int, steps: int, loss: float, started: float) -> None:
-    if step % 25 == 0 or step == steps:
-        elapsed = time.perf_counter() - started
-        log.info(
-            "%s step %d/%d loss %.4f (%.0f s, eta %.0f s)",
-            name,
-            step,
-            steps,
-            loss,
-            elapsed,
-            elapsed / max(step, 1) * (steps - step),
-        )
+class Progress:
+    """Logs the loss (averaged since the last line), elapsed time and an ETA."""
+
+    def __init__(self, name: str, steps: int, every: int = 25) -> None:
+        self.name, self.steps, self.every = name, steps, every
+        self.started = time.perf_counter()
+        self.losses: list[float] = []
+
+    def step(self, step: int, loss: float) -> None:
+        self.losses.append(loss)
+        if step % self.every == 0 or step == self.steps:
+            elapsed = time.perf_counter() - self.started
+            log.info(
+                "%s step %d/%d loss %.4f (%.0f s, eta %.0f s)",
+                self.name,
+                step,
+                self.steps,
+                float(np.mean(self.losses)),
+                elapsed,
+                elapsed / step * (self.steps - step),
+            )
+            self.losses.clear()
 
 
-def _samples(count: int, seed: int) -> list[Sample]:
+def samples(count: int, seed: int) -> list[Sample]:
+    """``count`` generated images; training pools use seeds far below the held-out ones."""
     return [generate(seed * 7919 + i) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    """A pool of samples after the service's letterbox: ``images uint8[N,S,S,3]``, per sample
+    ``boxes float32[k,4]`` (input pixels) and ``classes int64[k]``, ``semantic uint8[N,S,S]``."""
+
+    images: np.ndarray
+    boxes: list[np.ndarray]
+    classes: list[np.ndarray]
+    semantic: np.ndarray
+
+
+def letterbox_pool(pool: list[Sample], size: int) -> Letterboxed:
+    # scale 1: the tensor holds the exact resized pixel values, kept as uint8 to save memory
+    spec = ImagePreprocessing(
+        resize="letterbox", width=size, height=size, pad_value=PAD_VALUE, scale=1.0
+    )
+    images = np.empty((len(pool), size, size, 3), np.uint8)
+    semantic = np.zeros((len(pool), size, size), np.uint8)
+    boxes, classes = [], []
+    for i, sample in enumerate(pool):
+        h, w = sample.semantic.shape
+        tensor, geo = input_tensor(DecodedImage(Image.fromarray(sample.image), w, h), spec)
+        images[i] = tensor.transpose(1, 2, 0).astype(np.uint8)
+        # the label map goes through the same geometry (nearest; padding is background)
+        new_w, new_h = round(w * geo.scale_x), round(h * geo.scale_y)
+        left, top = int(geo.pad_x), int(geo.pad_y)
+        resized = Image.fromarray(sample.semantic).resize((new_w, new_h), Image.Resampling.NEAREST)
+        semantic[i, top : top + new_h, left : left + new_w] = np.asarray(resized)
+        b = sample.boxes.copy()
+        b[:, [0, 2]] = b[:, [0, 2]] * geo.scale_x + geo.pad_x
+        b[:, [1, 3]] = b[:, [1, 3]] * geo.scale_y + geo.pad_y
+        boxes.append(b)
+        classes.append(sample.classes)
+    return Letterboxed(images, boxes, classes, semantic)
+
+
+def dihedral(
+    image: np.ndarray, other: np.ndarray | None, boxes: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One of the 8 flips/transposes (``k`` in 0..7) of an ``[H,W,C]`` image, an aligned
+    ``[H,W]`` map and ``[n,4]`` x1,y1,x2,y2 boxes (views where possible)."""
+    h, w = image.shape[:2]
+    b = None if boxes is None else boxes.copy()
+    if k & 1:  # horizontal flip
+        image = image[:, ::-1]
+        other = None if other is None else other[:, ::-1]
+        if b is not None:
+            b[:, [0, 2]] = w - b[:, [2, 0]]
+    if k & 2:  # vertical flip
+        image = image[::-1]
+        other = None if other is None else other[::-1]
+        if b is not None:
+            b[:, [1, 3]] = h - b[:, [3, 1]]
+    if k & 4:  # transpose
+        image = image.swapaxes(0, 1)
+        other = None if other is None else other.T
+        if b is not None:
+            b = b[:, [1, 0, 3, 2]]
+    return image, other, b
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 ``[S,S,3]`` images → ``float32[B,3,S,S]`` in [0, 1] (the service's scaling)."""
+    batch = np.stack([np.ascontiguousarray(i) for i in images]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(batch.astype(np.float32) / 255.0)
+
+
+def one_cycle(
+    opt: torch.optim.Optimizer, max_lr: float, steps: int, warmup: float = 0.1
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Warm up for ``warmup`` of the steps (at least two), then anneal: works for any step count."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max_lr, total_steps=max(steps, 3), pct_start=max(warmup, 2.0 / max(steps, 3))
+    )
+
+
+def save_checkpoint(path: Path | None, model: torch.nn.Module, **info: Any) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), **info}, str(path))
+    log.info("checkpoint %s", path)
 
 
 # -- U-Net --------------------------------------------------------------------------------------
 UNET_SIZE = 256
 
 
-def unet_batch(
-    samples: list[Sample], spec: ImagePreprocessing, flip: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    images, targets = [], []
-    for sample, f in zip(samples, flip, strict=True):
-        h, w = sample.semantic.shape
-        tensor, geo = input_tensor(DecodedImage(Image.fromarray(sample.image), w, h), spec)
-        # the label map goes through the same geometry (nearest, padding = background)
-        new_w, new_h = round(w * geo.scale_x), round(h * geo.scale_y)
-        target = np.zeros((spec.height, spec.width), np.uint8)
-        left, top = int(geo.pad_x), int(geo.pad_y)
-        resized = Image.fromarray(sample.semantic).resize((new_w, new_h), Image.Resampling.NEAREST)
-        target[top : top + new_h, left : left + new_w] = np.asarray(resized)
-        if f:
-            tensor, target = tensor[:, :, ::-1], target[:, ::-1]
-        images.append(np.ascontiguousarray(tensor))
-        targets.append(np.ascontiguousarray(target))
-    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets).astype(np.int64))
-
-
 def train_unet(
-    out: Path, *, steps: int = 900, batch: int = 8, images: int = 400, seed: int = 0
+    out: Path,
+    *,
+    steps: int = 300,
+    batch: int = 8,
+    images: int = 400,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    pretrained: bool = True,
 ) -> dict[str, Any]:
+    """U-Net over an ImageNet MobileNetV2 encoder (``training.models.MobileUNet``): a
+    from-scratch U-Net of the same cost reached only 0.36 mIoU after 600 steps, this one 0.94
+    after 300 (held-out shapes; see docs/detection-segmentation.md)."""
+    from export.segmentation import export_unet_model
+    from training.models import MobileUNet
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    spec = ImagePreprocessing(resize="letterbox", width=UNET_SIZE, height=UNET_SIZE, pad_value=114)
-    data = _samples(images, seed=1)
-    model = UNet(classes=len(SEMANTIC_LABELS), base=12)
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps, pct_start=0.15)
+    pool = letterbox_pool(samples(images, seed=1), UNET_SIZE)
+    model = MobileUNet(classes=len(SEMANTIC_LABELS), pretrained=pretrained)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = one_cycle(opt, 2e-3, steps, warmup=0.15)
     weights = torch.tensor([0.5, 1.0, 1.0, 1.0])
-    started = time.perf_counter()
+    progress = Progress("shapes-unet", steps)
     model.train()
     for step in range(1, steps + 1):
-        idx = rng.integers(0, len(data), batch)
-        x, y = unet_batch([data[i] for i in idx], spec, rng.random(batch) < 0.5)
+        xs, ys = [], []
+        for i, k in zip(
+            rng.integers(0, len(pool.images), batch), rng.integers(0, 8, batch), strict=True
+        ):
+            image, target, _ = dihedral(pool.images[i], pool.semantic[i], None, int(k))
+            assert target is not None
+            xs.append(image)
+            ys.append(np.ascontiguousarray(target))
+        x = to_tensor(xs).contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(np.stack(ys).astype(np.int64))
         logits = model(x)
         loss = F.cross_entropy(logits, y, weight=weights) + _dice_loss(logits, y)
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
-        _progress("shapes-unet", step, steps, loss.item(), started)
-    model.eval()
-    image_cfg = {"resize": "letterbox", "width": UNET_SIZE, "height": UNET_SIZE, "pad_value": 114}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        x, _ = unet_batch(_samples(3, seed=2), spec, np.zeros(3, bool))
-        onnx_model = export_onnx(
-            model,
-            (x[:1],),
-            path,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        parity = check_parity(
-            lambda input: model(input),
-            path,
-            [{"input": x[:1].numpy()}, {"input": x.numpy()}],
-            atol=1e-3,
-            rtol=1e-3,
-            name="shapes-unet",
-        )
-    set_metadata(
-        onnx_model,
-        {
-            "task": "segment",
-            "format": "semantic-logits",
-            "labels": SEMANTIC_LABELS,
-            "input_size": [UNET_SIZE, UNET_SIZE],
-            "mean": [0, 0, 0],
-            "std": [1, 1, 1],
-            "source": {
-                "architecture": "unet",
-                "weights": f"trained: shapes, {steps} steps, seed {seed}",
-            },
-            "opset": 17,
-        },
+        progress.step(step, loss.item())
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    save_checkpoint(
+        checkpoint, model, arch="unet_mobilenet_v2", labels=SEMANTIC_LABELS, steps=steps, seed=seed
     )
-    config = {
-        "task": "segment",
-        "format": "semantic-logits",
-        "description": "U-Net trained on synthetic shapes (background, circle, square, triangle)",
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, UNET_SIZE, UNET_SIZE]}],
-        "outputs": [
-            {
-                "name": "logits",
-                "dtype": "float32",
-                "dims": [len(SEMANTIC_LABELS), UNET_SIZE, UNET_SIZE],
-            }
-        ],
-        "image": image_cfg,
-        "batching": {"max_batch_size": 8, "max_delay_ms": 2, "max_queue_size": 256},
-    }
-    write_model_folder(out, onnx_model, config, labels=SEMANTIC_LABELS, parity=parity)
-    return parity
+    check = letterbox_pool(samples(3, seed=2), UNET_SIZE)
+    return export_unet_model(
+        model,
+        out,
+        labels=SEMANTIC_LABELS,
+        size=UNET_SIZE,
+        samples=to_tensor(list(check.images)).numpy(),
+        source={
+            "architecture": "unet_mobilenet_v2",
+            "weights": f"trained: shapes, {steps} steps, seed {seed}; encoder ImageNet",
+        },
+        description=(
+            "U-Net (MobileNetV2 encoder) trained on synthetic shapes "
+            "(background, circle, square, triangle)"
+        ),
+    )
 
 
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -159,96 +225,134 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # -- YOLO-style detector ------------------------------------------------------------------------
-YOLO_SIZE = 384
+YOLO_SIZE = 352
+# Object sizes (longer box side, input pixels) each level learns; the ranges overlap so that
+# objects near a boundary are learnt by both levels.
+LEVEL_RANGES = ((0.0, 64.0), (48.0, 128.0), (96.0, 1e9))
+CENTRE_RADIUS = 1.5  # positive cells: centres within this many strides of the object's centre
 
 
-def yolo_batch(
-    samples: list[Sample], spec: ImagePreprocessing, flip: np.ndarray
-) -> tuple[torch.Tensor, list[tuple[np.ndarray, np.ndarray]]]:
-    images, targets = [], []
-    for sample, f in zip(samples, flip, strict=True):
-        h, w = sample.semantic.shape
-        tensor, geo = input_tensor(DecodedImage(Image.fromarray(sample.image), w, h), spec)
-        boxes = sample.boxes.copy()
-        boxes[:, [0, 2]] = boxes[:, [0, 2]] * geo.scale_x + geo.pad_x
-        boxes[:, [1, 3]] = boxes[:, [1, 3]] * geo.scale_y + geo.pad_y
-        if f:
-            tensor = tensor[:, :, ::-1]
-            boxes[:, [0, 2]] = spec.width - boxes[:, [2, 0]]
-        images.append(np.ascontiguousarray(tensor))
-        targets.append((boxes, sample.classes))
-    return torch.from_numpy(np.stack(images)), targets
+@dataclass(frozen=True)
+class LevelTargets:
+    """For one level: ``classes int64[B,h,w]`` (0 background, class + 1), ``boxes
+    float32[B,4,h,w]`` x1,y1,x2,y2 in input pixels, ``positive bool[B,h,w]``."""
+
+    classes: torch.Tensor
+    boxes: torch.Tensor
+    positive: torch.Tensor
 
 
 def yolo_targets(
-    targets: list[tuple[np.ndarray, np.ndarray]], grid: int, stride: int, classes: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Class map ``[B,C,g,g]``, box targets ``[B,4,g,g]`` (x1,y1,x2,y2 input px) and a positive
-    mask ``[B,g,g]``: the 3×3 cells around each object's centre that lie inside its box; where
-    objects compete for a cell the smaller one wins."""
-    b = len(targets)
-    cls_map = torch.zeros(b, classes, grid, grid)
-    box_map = torch.zeros(b, 4, grid, grid)
-    pos = torch.zeros(b, grid, grid, dtype=torch.bool)
-    for i, (boxes, labels) in enumerate(targets):
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        for k in np.argsort(-areas):  # large first, so smaller objects overwrite shared cells
-            x1, y1, x2, y2 = boxes[k]
-            gx, gy = int((x1 + x2) / 2 / stride), int((y1 + y2) / 2 / stride)
-            for yy in range(gy - 1, gy + 2):
-                for xx in range(gx - 1, gx + 2):
-                    if not (0 <= xx < grid and 0 <= yy < grid):
-                        continue
-                    inside = x1 <= (xx + 0.5) * stride <= x2 and y1 <= (yy + 0.5) * stride <= y2
-                    if not inside and (xx, yy) != (gx, gy):
-                        continue
-                    cls_map[i, :, yy, xx] = 0
-                    cls_map[i, int(labels[k]), yy, xx] = 1
-                    box_map[i, :, yy, xx] = torch.tensor([x1, y1, x2, y2])
-                    pos[i, yy, xx] = True
-    return cls_map, box_map, pos
+    boxes: list[np.ndarray], classes: list[np.ndarray], size: int
+) -> list[LevelTargets]:
+    """Assign each object to the levels whose size range holds it, and there to the cells whose
+    centres lie inside its box and within ``CENTRE_RADIUS`` strides of its centre (at least the
+    cell holding the centre). Where objects compete for a cell, the smaller one wins."""
+    levels = []
+    for stride, (low, high) in zip(ShapesYolo.strides, LEVEL_RANGES, strict=True):
+        grid = size // stride
+        centres = (np.arange(grid) + 0.5) * stride
+        cls_map = np.zeros((len(boxes), grid, grid), np.int64)
+        box_map = np.zeros((len(boxes), 4, grid, grid), np.float32)
+        for i, (b, c) in enumerate(zip(boxes, classes, strict=True)):
+            areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            for k in np.argsort(-areas):  # large first: smaller objects overwrite shared cells
+                x1, y1, x2, y2 = b[k]
+                if not low <= max(x2 - x1, y2 - y1) <= high:
+                    continue
+                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                in_x = (
+                    (np.abs(centres - cx) < CENTRE_RADIUS * stride)
+                    & (centres > x1)
+                    & (centres < x2)
+                )
+                in_y = (
+                    (np.abs(centres - cy) < CENTRE_RADIUS * stride)
+                    & (centres > y1)
+                    & (centres < y2)
+                )
+                cells = in_y[:, None] & in_x[None, :]
+                if not cells.any():
+                    gx = min(int(cx // stride), grid - 1)
+                    gy = min(int(cy // stride), grid - 1)
+                    cells[gy, gx] = True
+                cls_map[i][cells] = int(c[k]) + 1
+                box_map[i][:, cells] = b[k][:, None]
+        cls_t = torch.from_numpy(cls_map)
+        levels.append(LevelTargets(cls_t, torch.from_numpy(box_map), cls_t > 0))
+    return levels
+
+
+def yolo_loss(
+    model: ShapesYolo, raw: list[tuple[torch.Tensor, torch.Tensor]], targets: list[LevelTargets]
+) -> torch.Tensor:
+    """Softmax focal loss over background + classes on every cell (normalised by the number of
+    positives) + GIoU and stride-normalised L1 on the positive cells' boxes."""
+    cls_terms, giou_terms, l1_terms = [], [], []
+    n_pos = max(1, sum(int(t.positive.sum()) for t in targets))
+    for (box_raw, logits), target, stride in zip(raw, targets, model.strides, strict=True):
+        ce = F.cross_entropy(logits, target.classes, reduction="none")
+        cls_terms.append(((1 - torch.exp(-ce)) ** 2 * ce).sum())
+        pos = target.positive.reshape(-1)
+        if not pos.any():
+            continue
+        pred = model.decode_boxes(box_raw, stride).permute(0, 2, 1).reshape(-1, 4)[pos]
+        want = target.boxes.permute(0, 2, 3, 1).reshape(-1, 4)[pos]
+        giou_terms.append(generalized_box_iou_loss(pred, want, reduction="sum"))
+        l1_terms.append((pred - want).abs().sum() / (4 * stride))
+    cls_loss = torch.stack(cls_terms).sum() / n_pos
+    giou = torch.stack(giou_terms).sum() / n_pos
+    l1 = torch.stack(l1_terms).sum() / n_pos
+    return cls_loss + 2.0 * giou + 0.5 * l1
 
 
 def train_yolo(
-    out: Path, *, steps: int = 700, batch: int = 12, images: int = 600, seed: int = 0
+    out: Path,
+    *,
+    steps: int = 800,
+    batch: int = 8,
+    images: int = 600,
+    seed: int = 0,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    spec = ImagePreprocessing(resize="letterbox", width=YOLO_SIZE, height=YOLO_SIZE, pad_value=114)
-    data = _samples(images, seed=3)
+    pool = letterbox_pool(samples(images, seed=3), YOLO_SIZE)
     model = ShapesYolo(classes=len(CLASSES))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    grid, stride = YOLO_SIZE // ShapesYolo.stride, ShapesYolo.stride
-    started = time.perf_counter()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    sched = one_cycle(opt, 3e-3, steps)
+    progress = Progress("shapes-yolo", steps)
     model.train()
     for step in range(1, steps + 1):
-        idx = rng.integers(0, len(data), batch)
-        x, targets = yolo_batch([data[i] for i in idx], spec, rng.random(batch) < 0.5)
-        cls_t, box_t, pos = yolo_targets(targets, grid, stride, len(CLASSES))
-        box_raw, cls_raw = model.raw(x)
-        n_pos = max(1, int(pos.sum()))
-        cls_loss = sigmoid_focal_loss(cls_raw, cls_t, reduction="sum") / n_pos
-        decoded = model.decode(box_raw, cls_raw)[:, :4]  # [B,4,N] cx,cy,w,h
-        pred = decoded.permute(0, 2, 1).reshape(-1, 4)[pos.reshape(-1)]
-        pred_xyxy = torch.cat([pred[:, :2] - pred[:, 2:] / 2, pred[:, :2] + pred[:, 2:] / 2], 1)
-        tgt_xyxy = box_t.permute(0, 2, 3, 1).reshape(-1, 4)[pos.reshape(-1)]
-        giou = generalized_box_iou_loss(pred_xyxy, tgt_xyxy, reduction="mean")
-        l1 = F.l1_loss(pred_xyxy, tgt_xyxy) / stride
-        loss = cls_loss + 2.0 * giou + 0.5 * l1
+        xs, bs, cs = [], [], []
+        for i, k in zip(
+            rng.integers(0, len(pool.images), batch), rng.integers(0, 8, batch), strict=True
+        ):
+            image, _, b = dihedral(pool.images[i], None, pool.boxes[i], int(k))
+            assert b is not None
+            xs.append(image)
+            bs.append(b)
+            cs.append(pool.classes[i])
+        loss = yolo_loss(model, model.raw(to_tensor(xs)), yolo_targets(bs, cs, YOLO_SIZE))
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         sched.step()
-        _progress("shapes-yolo", step, steps, loss.item(), started)
+        progress.step(step, loss.item())
     model.eval()
+    save_checkpoint(checkpoint, model, arch="shapes-yolo", labels=CLASSES, steps=steps, seed=seed)
+    return export_shapes_yolo(model, out, steps=steps, seed=seed)
+
+
+def export_shapes_yolo(model: ShapesYolo, out: Path, *, steps: int, seed: int) -> dict[str, Any]:
+    """ONNX ``images float32[B,3,S,S]`` → ``output0 float32[B,4+C,N]`` (Ultralytics v8 layout)."""
+    check = to_tensor(list(letterbox_pool(samples(3, seed=4), YOLO_SIZE).images))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        x, _ = yolo_batch(_samples(3, seed=4), spec, np.zeros(3, bool))
         onnx_model = export_onnx(
             model,
-            (x[:1],),
+            (check[:1],),
             path,
             input_names=["images"],
             output_names=["output0"],
@@ -257,27 +361,27 @@ def train_yolo(
         parity = check_parity(
             lambda images: model(images),
             path,
-            [{"images": x[:1].numpy()}, {"images": x.numpy()}],
-            atol=1e-2,
-            rtol=1e-3,
-            name="shapes-yolo",
+            [{"images": check[:1].numpy()}, {"images": check.numpy()}],
+            atol=1e-2,  # box coordinates are pixels (up to hundreds); scores agree to ~1e-6
+            rtol=1e-4,
+            name=out.name,
         )
-    n = grid * grid
     set_metadata(
         onnx_model,
         {
             "task": "detect",
             "format": "yolov8",
             "labels": CLASSES,
-            "stride": stride,
+            "stride": max(ShapesYolo.strides),
             "input_size": [YOLO_SIZE, YOLO_SIZE],
             "source": {
-                "architecture": "shapes-yolo (anchor-free, stride 8)",
+                "architecture": "shapes-yolo (anchor-free, strides 8/16/32)",
                 "weights": f"trained: shapes, {steps} steps, seed {seed}",
             },
             "opset": 17,
         },
     )
+    n = ShapesYolo.candidates(YOLO_SIZE)
     config = {
         "task": "detect",
         "format": "yolov8",
@@ -288,8 +392,8 @@ def train_yolo(
             "resize": "letterbox",
             "width": YOLO_SIZE,
             "height": YOLO_SIZE,
-            "stride": stride,
-            "pad_value": 114,
+            "stride": max(ShapesYolo.strides),
+            "pad_value": PAD_VALUE,
         },
         "batching": {"max_batch_size": 8, "max_delay_ms": 2, "max_queue_size": 256},
     }

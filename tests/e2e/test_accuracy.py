@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -34,26 +36,22 @@ def server() -> Iterator[Server]:
 def test_detection_map_through_the_api(server: Server) -> None:
     result = evaluate_detection(server.url, images=80)
     print("detection", result)
-    # issue 4's target is mAP@0.5 >= 0.90; the committed model measured 0.881 (mAP@0.5:0.95 0.722)
-    # on these 80 images, so this guards against regressions below that, not the target itself
-    assert result["map50"] >= 0.85
-    assert result["map50_95"] >= 0.6
+    assert result["map50"] >= 0.90
+    assert result["map50_95"] >= 0.5
 
 
 @need("shapes-unet")
 def test_semantic_miou_through_the_api(server: Server) -> None:
     result = evaluate_semantic(server.url, images=60)
     print("semantic", result)
-    # target 0.85 (issue 4); a floor until the U-Net is measured to meet it
-    assert result["miou"] >= 0.5
+    assert result["miou"] >= 0.85
 
 
 @need("shapes-maskrcnn")
 def test_instance_mask_map_through_the_api(server: Server) -> None:
     result = evaluate_instance(server.url, images=40)
     print("instance", result)
-    # target 0.80 (issue 4); shapes-maskrcnn is built by `make models-maskrcnn`, not by default
-    assert result["mask_map50"] >= 0.5
+    assert result["mask_map50"] >= 0.80
 
 
 def _canvas(w: int, h: int, circle: tuple[int, int, int]) -> bytes:
@@ -71,13 +69,14 @@ def _canvas(w: int, h: int, circle: tuple[int, int, int]) -> bytes:
     [
         (640, 360, (500, 200, 60)),
         (360, 640, (120, 500, 60)),
-        (2400, 300, (2000, 150, 120)),
-        (96, 96, (48, 48, 12)),  # upscaled 4×: a 96 px circle at the model input
+        (2400, 300, (2000, 150, 140)),  # 8:1; the circle is 41 px after the letterbox
+        (96, 96, (48, 48, 30)),
+        (32, 32, (15, 17, 7)),
     ],
-    ids=["wide", "tall", "huge-panorama", "tiny"],
+    ids=["wide", "tall", "huge-panorama", "small", "tiny"],
 )
 def test_letterboxed_boxes_land_on_the_object_in_the_original_image(
-    server: Server, w, h, circle
+    server: Server, w: int, h: int, circle: tuple[int, int, int]
 ) -> None:
     r = httpx.post(
         server.url + "/detect",
@@ -98,36 +97,115 @@ def test_letterboxed_boxes_land_on_the_object_in_the_original_image(
     assert box["y2"] == pytest.approx(cy + rad, abs=tolerance)
 
 
+def _square_image(w: int, h: int, box: tuple[int, int, int, int]) -> tuple[bytes, np.ndarray]:
+    """A grey canvas with one filled axis-aligned square; returns PNG bytes and its bool mask."""
+    img = Image.new("RGB", (w, h), (40, 90, 160))
+    ImageDraw.Draw(img).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(250, 210, 40))
+    truth = np.zeros((h, w), bool)
+    truth[box[1] : box[3], box[0] : box[2]] = True
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), truth
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@need("shapes-unet")
+@pytest.mark.parametrize(
+    ("w", "h", "box"),
+    [(1200, 300, (900, 60, 1080, 240)), (300, 900, (40, 80, 200, 240))],
+    ids=["wide", "tall"],
+)
+def test_semantic_masks_land_on_the_object_in_the_original_image(
+    server: Server, w: int, h: int, box: tuple[int, int, int, int]
+) -> None:
+    png, truth = _square_image(w, h, box)
+    r = httpx.post(
+        server.url + "/segment",
+        files=[("file", ("x.png", png, "image/png"))],
+        data={"model": "shapes-unet"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    mask = _mask(r.json()["results"][0])
+    assert mask.shape == (h, w)
+    assert _iou(mask == 2, truth) >= 0.85  # 2: square
+
+
+@need("shapes-maskrcnn")
+def test_instance_masks_land_on_the_object_in_the_original_image(server: Server) -> None:
+    from pycocotools import mask as mask_utils
+
+    png, truth = _square_image(1400, 500, (1000, 150, 1250, 400))  # scaled to fit 512 first
+    r = httpx.post(
+        server.url + "/segment",
+        files=[("file", ("x.png", png, "image/png"))],
+        # an atypical, plain picture: the trained model scores it lower than its shapes (≈ 0.4)
+        data={"model": "shapes-maskrcnn", "confidence": "0.2"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    best = r.json()["results"][0]["instances"][0]
+    assert best["label"] == "square"
+    rle = {"size": best["mask"]["size"], "counts": best["mask"]["counts"].encode()}
+    mask = mask_utils.decode(rle).astype(bool)
+    assert mask.shape == truth.shape
+    assert _iou(mask, truth) >= 0.85
+    box = best["box"]
+    assert [box["x1"], box["y1"], box["x2"], box["y2"]] == pytest.approx(
+        [1000, 150, 1250, 400], abs=12
+    )
+
+
 @need("shapes-yolo")
-@pytest.mark.parametrize("path", ["/detect", "/segment"])
-def test_detect_and_segment_batch_invariance(server: Server, path: str) -> None:
+def test_an_8x8_image_gets_boxes_inside_it(server: Server) -> None:
+    r = httpx.post(
+        server.url + "/detect",
+        files=[("file", ("x.png", _canvas(8, 8, (4, 4, 3)), "image/png"))],
+        data={"confidence": "0.01"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()["results"][0]
+    assert (result["width"], result["height"]) == (8, 8)
+    for d in result["detections"]:
+        box = d["box"]
+        assert 0 <= box["x1"] <= box["x2"] <= 8
+        assert 0 <= box["y1"] <= box["y2"] <= 8
+
+
+@need("shapes-yolo")
+def test_detect_and_segment_batch_invariance(server: Server) -> None:
     from training.evaluate import _png, held_out
 
-    if path == "/segment" and not (MODELS / "shapes-unet" / "model.onnx").is_file():
-        pytest.skip("shapes-unet not built: run `make models`")
     pngs = [_png(s) for s in held_out(4, offset=30_000)]
-    files = [("file", (f"{i}.png", p, "image/png")) for i, p in enumerate(pngs)]
-    together = httpx.post(server.url + path, files=files, timeout=60).json()
-    for i, p in enumerate(pngs):
-        alone = httpx.post(
-            server.url + path, files=[("file", ("x.png", p, "image/png"))], timeout=60
+    for path in ("/detect", "/segment"):
+        together = httpx.post(
+            server.url + path,
+            files=[("file", (f"{i}.png", p, "image/png")) for i, p in enumerate(pngs)],
+            timeout=60,
         ).json()
-        a, b = alone["results"][0], together["results"][i]
-        if path == "/detect":
-            assert len(a["detections"]) == len(b["detections"])
-            for da, db in zip(a["detections"], b["detections"], strict=True):
-                assert da["label"] == db["label"]
-                assert abs(da["score"] - db["score"]) < 1e-3
-                corners = ["x1", "y1", "x2", "y2"]
-                assert np.allclose(
-                    [da["box"][k] for k in corners], [db["box"][k] for k in corners], atol=1
-                )
-        else:
-            ma, mb = (_mask(x) for x in (a, b))
-            assert (ma == mb).mean() > 0.999  # argmax ties may flip a boundary pixel
+        for i, p in enumerate(pngs):
+            alone = httpx.post(
+                server.url + path, files=[("file", ("x.png", p, "image/png"))], timeout=60
+            ).json()
+            a, b = alone["results"][0], together["results"][i]
+            if path == "/detect":
+                assert len(a["detections"]) == len(b["detections"])
+                for da, db in zip(a["detections"], b["detections"], strict=True):
+                    assert da["label"] == db["label"]
+                    assert abs(da["score"] - db["score"]) < 1e-3
+                    assert np.allclose(
+                        [da["box"][k] for k in ["x1", "y1", "x2", "y2"]],
+                        [db["box"][k] for k in ["x1", "y1", "x2", "y2"]],
+                        atol=1,
+                    )
+            else:
+                ma, mb = (_mask(x) for x in (a, b))
+                assert (ma == mb).mean() > 0.999  # argmax ties may flip a boundary pixel
 
 
-def _mask(result: dict) -> np.ndarray:
-    import base64
-
+def _mask(result: dict[str, Any]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(result["mask"]["data"]))))

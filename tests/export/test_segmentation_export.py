@@ -51,11 +51,64 @@ def test_maskrcnn_export_matches_pytorch(tmp_path: Path, arch: str) -> None:
     assert len(labels) == 91
 
 
+def test_unet_checkpoint_export_matches_pytorch_at_batch_1_and_2(tmp_path: Path) -> None:
+    """The path users take: save a trained ``training.models.UNet`` state_dict, export it."""
+    import torch
+
+    from export.segmentation import export_unet
+    from training.models import UNet
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "my-unet.pt"
+    torch.save(UNet(classes=3, widths=(8, 16, 24), stem=(8,)).state_dict(), checkpoint)
+    out = tmp_path / "my-unet"
+    report = export_unet(checkpoint, out, labels=["background", "road", "car"], size=128)
+    assert report["passed"]
+    assert sorted(c["batch"] for c in report["checks"]) == [1, 2]
+    config, labels = load_model_config(out)
+    assert config.format == "semantic-logits"
+    assert config.outputs[0].dims == [3, 128, 128]
+    assert labels == ["background", "road", "car"]
+
+
+def test_mobilenet_unet_checkpoint_exports_with_its_architecture(tmp_path: Path) -> None:
+    """What ``python -m training shapes-unet`` saves: the encoder is recognised from the keys."""
+    import torch
+
+    from export.segmentation import export_unet
+    from training.models import MobileUNet
+
+    torch.manual_seed(0)
+    model = MobileUNet(classes=3, decoder=(16, 16, 16, 8), pretrained=False)
+    checkpoint = tmp_path / "unet.pt"
+    torch.save({"state_dict": model.state_dict(), "labels": ["bg", "a", "b"]}, checkpoint)
+    out = tmp_path / "mobile-unet"
+    report = export_unet(checkpoint, out, size=64)
+    assert report["passed"]
+    config, labels = load_model_config(out)
+    assert labels == ["bg", "a", "b"]
+    assert config.outputs[0].dims == [3, 64, 64]
+
+
+def test_unet_export_through_the_cli(tmp_path: Path) -> None:
+    from export.__main__ import main
+
+    out = tmp_path / "unet"
+    assert (
+        main(["segmenter", "--arch", "unet", "--random-init", "--size", "64", "--out", str(out)])
+        == 0
+    )
+    config, labels = load_model_config(out)
+    assert len(labels) == 4
+    assert config.image is not None
+    assert config.image.resize == "letterbox"
+
+
 def test_unet_forward_shapes() -> None:
     import torch
 
     from training.models import UNet
 
-    logits = UNet(classes=4, base=8)(torch.zeros(2, 3, 64, 96))
+    logits = UNet(classes=4, widths=(8, 16, 24, 32), stem=(8, 8))(torch.zeros(2, 3, 64, 96))
     assert tuple(logits.shape) == (2, 4, 64, 96)
     assert np.isfinite(logits.detach().numpy()).all()

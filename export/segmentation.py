@@ -143,69 +143,41 @@ def export_semantic(
     from export.classifiers import sample_images
 
     processor = ImageProcessor(ImagePreprocessing.model_validate(image), "input", max_pixels=10**8)
-    tensors = [processor.preprocess(j)[0]["input"] for j in sample_images()]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx_model = export_onnx(
-            model,
-            (torch.from_numpy(tensors[0][None]),),
-            path,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset=opset,
-        )
-        parity = check_parity(
-            model,
-            path,
-            [{"input": tensors[0][None]}, {"input": np.stack(tensors[:2])}],
-            atol=1e-3,
-            rtol=1e-3,
-            name=out.name,
-        )
-    set_metadata(
-        onnx_model,
-        {
-            "task": "segment",
-            "format": "semantic-logits",
-            "labels": labels,
-            "input_size": [size, size],
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "source": {
-                "architecture": arch,
-                "weights": weights or (checkpoint.name if checkpoint else "random-init"),
-            },
-            "opset": opset,
+    tensors = [processor.preprocess(j)[0]["input"] for j in sample_images()[:2]]
+    return export_semantic_model(
+        model,
+        out,
+        labels=labels,
+        samples=np.stack(tensors),
+        image=image,
+        source={
+            "architecture": arch,
+            "weights": weights or (checkpoint.name if checkpoint else "random-init"),
         },
+        description=f"torchvision {arch}",
+        max_batch_size=max_batch_size,
+        max_queue_size=128,
+        opset=opset,
     )
-    config = {
-        "task": "segment",
-        "format": "semantic-logits",
-        "description": f"torchvision {arch}",
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, size, size]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), size, size]}],
-        "image": image,
-        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 128},
-    }
-    write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
-    return parity
 
 
-def export_unet_model(
+def export_semantic_model(
     model: torch.nn.Module,
     out: Path,
     *,
     labels: list[str],
-    size: int,
     samples: np.ndarray,
+    image: dict[str, Any],
     source: dict[str, str],
-    description: str = "U-Net",
+    description: str,
     max_batch_size: int = 8,
+    max_queue_size: int = 256,
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    """Export a U-Net (``training.models.UNet``, eval mode): ``input float32[B,3,S,S]``
-    (letterboxed, RGB, /255) → ``logits float32[B,C,S,S]``; ``samples float32[n,3,S,S]``, n ≥ 2."""
+    """Export a semantic segmenter (eval mode) taking ``input float32[B,3,H,W]`` as ``image``
+    (the service's preprocessing config) prepares it, returning ``logits float32[B,C,H,W]``;
+    parity at batch 1 and on all of ``samples float32[n,3,H,W]`` (n ≥ 2)."""
+    height, width = int(image["height"]), int(image["width"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_model = export_onnx(
@@ -231,9 +203,9 @@ def export_unet_model(
             "task": "segment",
             "format": "semantic-logits",
             "labels": labels,
-            "input_size": [size, size],
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
+            "input_size": [height, width],
+            "mean": image.get("mean", [0.0, 0.0, 0.0]),
+            "std": image.get("std", [1.0, 1.0, 1.0]),
             "source": source,
             "opset": opset,
         },
@@ -242,13 +214,48 @@ def export_unet_model(
         "task": "segment",
         "format": "semantic-logits",
         "description": description,
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, size, size]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), size, size]}],
-        "image": {"resize": "letterbox", "width": size, "height": size, "pad_value": 114},
-        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 256},
+        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, height, width]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), height, width]}],
+        "image": image,
+        "batching": {
+            "max_batch_size": max_batch_size,
+            "max_delay_ms": 2,
+            "max_queue_size": max_queue_size,
+        },
     }
     write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
     return parity
+
+
+def unet_image(size: int) -> dict[str, Any]:
+    """The U-Nets' preprocessing: letterbox to ``size``², pad 114, RGB /255, no mean/std."""
+    return {"resize": "letterbox", "width": size, "height": size, "pad_value": 114}
+
+
+def export_unet_model(
+    model: torch.nn.Module,
+    out: Path,
+    *,
+    labels: list[str],
+    size: int,
+    samples: np.ndarray,
+    source: dict[str, str],
+    description: str = "U-Net",
+    max_batch_size: int = 8,
+    opset: int = DEFAULT_OPSET,
+) -> dict[str, Any]:
+    """A U-Net (``training.models.UNet`` or ``MobileUNet``) as a semantic model folder."""
+    return export_semantic_model(
+        model,
+        out,
+        labels=labels,
+        samples=samples,
+        image=unet_image(size),
+        source=source,
+        description=description,
+        max_batch_size=max_batch_size,
+        opset=opset,
+    )
 
 
 def load_unet(checkpoint: Path) -> tuple[torch.nn.Module, list[str] | None]:
@@ -302,7 +309,7 @@ def export_unet(
     labels = labels or stored or [f"class{i}" for i in range(head.out_channels)]
     if len(labels) != head.out_channels:
         raise ExportError(f"{len(labels)} labels for a U-Net with {head.out_channels} classes")
-    spec = ImagePreprocessing(resize="letterbox", width=size, height=size, pad_value=114)
+    spec = ImagePreprocessing.model_validate(unet_image(size))
     processor = ImageProcessor(spec, "input", max_pixels=10**8)
     tensors = np.stack([processor.preprocess(j)[0]["input"] for j in sample_images()[:2]])
     return export_unet_model(

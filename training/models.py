@@ -15,6 +15,23 @@ def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+def decode(
+    x: torch.Tensor,
+    skips: list[torch.Tensor],
+    up: nn.ModuleList,
+    head: nn.Module,
+    size: torch.Size,
+) -> torch.Tensor:
+    """The U-Net decoder: from the deepest features ``x``, for each skip from deep to shallow,
+    upsample bilinearly, concatenate, apply the level's block; then the head, upsampled to
+    ``size``."""
+    for block, skip in zip(up, reversed(skips), strict=True):
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = block(torch.cat([x, skip], dim=1))
+    logits: torch.Tensor = F.interpolate(head(x), size=size, mode="bilinear", align_corners=False)
+    return logits
+
+
 class UNet(nn.Module):
     """U-Net (two 3×3 convs per level, max-pool down, bilinear up + skip concat) behind a strided
     stem.
@@ -75,13 +92,7 @@ class UNet(nn.Module):
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
-        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        logits: torch.Tensor = F.interpolate(
-            self.head(x), size=size, mode="bilinear", align_corners=False
-        )
-        return logits
+        return decode(x, skips[:-1], self.up, self.head, size)
 
 
 def imagenet_mobilenet_v2(
@@ -147,14 +158,7 @@ class MobileUNet(nn.Module):
             x = layer(x)
             if i in self.TAPS:
                 skips.append(x)
-        x = skips.pop()
-        for block, skip in zip(self.up, reversed(skips), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        logits: torch.Tensor = F.interpolate(
-            self.head(x), size=size, mode="bilinear", align_corners=False
-        )
-        return logits
+        return decode(skips[-1], skips[:-1], self.up, self.head, size)
 
 
 class ShapesYolo(nn.Module):

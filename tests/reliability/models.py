@@ -17,20 +17,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from tests.support.tiny_models import COLOURS
-
-
-def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+from tests.support.tiny_models import classifier_config, classifier_graph, const, save_model
 
 
 def _classifier_head() -> list[onnx.NodeProto]:
     return [
         helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),  # [B,3] mean colour
-        _const("w", np.eye(3, dtype=np.float32) * 20.0),
+        const("w", np.eye(3, dtype=np.float32) * 20.0),
         helper.make_node("MatMul", ["flat", "w"], ["base_logits"]),
     ]
 
@@ -38,27 +34,7 @@ def _classifier_head() -> list[onnx.NodeProto]:
 def _save(
     folder: Path, nodes: list[onnx.NodeProto], name: str, batching: dict[str, object]
 ) -> None:
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(folder / "model.onnx"))
-    config = {
-        "task": "classify",
-        "format": "classification-logits",
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, 32, 32]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [3]}],
-        "image": {"resize": "stretch", "width": 32, "height": 32},
-        "labels": COLOURS,
-        "batching": batching,
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    save_model(folder, classifier_graph(nodes, name), classifier_config(batching))
 
 
 def slow_classifier(
@@ -77,14 +53,14 @@ def slow_classifier(
     nodes = [
         *_classifier_head(),
         helper.make_node("ReduceMean", ["input"], ["s"], keepdims=0),  # scalar: not foldable
-        _const("a", a),
+        const("a", a),
         helper.make_node("Mul", ["a", "s"], ["x0"]),
     ]
     for i in range(work):
         nodes.append(helper.make_node("MatMul", [f"x{i}", "a"], [f"x{i + 1}"]))
     nodes += [
         helper.make_node("ReduceSum", [f"x{work}"], ["total"], keepdims=0),
-        _const("zero", np.array(0.0, dtype=np.float32)),
+        const("zero", np.array(0.0, dtype=np.float32)),
         helper.make_node("Mul", ["total", "zero"], ["nothing"]),  # finite, so this is exactly 0
         helper.make_node("Add", ["base_logits", "nothing"], ["logits"]),
     ]
@@ -104,15 +80,15 @@ def faulty_classifier(folder: Path, *, threshold: float = 0.9, max_batch_size: i
     """Fails the run when any image's mean red is above ``threshold`` (pixels scaled to 0..1)."""
     nodes = [
         *_classifier_head(),
-        _const("c0", np.array([0], dtype=np.int64)),
-        _const("c1", np.array([1], dtype=np.int64)),
-        _const("ax1", np.array([1], dtype=np.int64)),
+        const("c0", np.array([0], dtype=np.int64)),
+        const("c1", np.array([1], dtype=np.int64)),
+        const("ax1", np.array([1], dtype=np.int64)),
         helper.make_node("Slice", ["flat", "c0", "c1", "ax1"], ["red"]),  # [B,1]
         helper.make_node("ReduceMax", ["red"], ["reddest"], keepdims=0),  # scalar
-        _const("threshold", np.array(threshold, dtype=np.float32)),
+        const("threshold", np.array(threshold, dtype=np.float32)),
         helper.make_node("Greater", ["reddest", "threshold"], ["too_red"]),
         helper.make_node("Cast", ["too_red"], ["extra"], to=TensorProto.INT64),
-        _const("zero_i", np.array([0], dtype=np.int64)),
+        const("zero_i", np.array([0], dtype=np.int64)),
         helper.make_node("Unsqueeze", ["extra", "zero_i"], ["extra1"]),  # [1]
         helper.make_node("Concat", ["zero_i", "extra1"], ["grow"], axis=0),  # [0, extra]
         helper.make_node("Shape", ["base_logits"], ["shape"]),  # [B, 3]
@@ -132,12 +108,4 @@ def unloadable_model(folder: Path) -> None:
     """A model folder whose ``model.onnx`` is not an ONNX graph at all."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(b"this is not a protobuf")
-    config = {
-        "task": "classify",
-        "format": "classification-logits",
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, 32, 32]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [3]}],
-        "image": {"resize": "stretch", "width": 32, "height": 32},
-        "labels": COLOURS,
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "config.yaml").write_text(yaml.safe_dump(classifier_config(), sort_keys=False))

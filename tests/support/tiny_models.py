@@ -24,7 +24,9 @@ COLOURS = ["red", "green", "blue"]
 WORDS = ["cat", "dog", "car", "truck", "apple", "pear", "sky", "sea", "red", "blue"]
 
 
-def _save(folder: Path, graph: onnx.GraphProto, config: dict[str, object], opset: int = 17) -> None:
+def save_model(
+    folder: Path, graph: onnx.GraphProto, config: dict[str, object], opset: int = 17
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -33,8 +35,33 @@ def _save(folder: Path, graph: onnx.GraphProto, config: dict[str, object], opset
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+def const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+
+def classifier_graph(nodes: list[onnx.NodeProto], name: str) -> onnx.GraphProto:
+    """``input float32[B,3,32,32]`` → ``logits float32[B,3]`` (the colour classifiers' IO)."""
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+    )
+
+
+def classifier_config(batching: dict[str, object] | None = None) -> dict[str, object]:
+    """config.yaml of a colour classifier (``batching`` left out: the service's defaults)."""
+    config: dict[str, object] = {
+        "task": "classify",
+        "format": "classification-logits",
+        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, 32, 32]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [3]}],
+        "image": {"resize": "stretch", "width": 32, "height": 32},
+        "labels": COLOURS,
+    }
+    if batching is not None:
+        config["batching"] = batching
+    return config
 
 
 def classifier(folder: Path, max_batch_size: int = 8) -> None:
@@ -42,28 +69,11 @@ def classifier(folder: Path, max_batch_size: int = 8) -> None:
     nodes = [
         helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-        _const("w", weights),
+        const("w", weights),
         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny-classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-    )
-    _save(
-        folder,
-        graph,
-        {
-            "task": "classify",
-            "format": "classification-logits",
-            "inputs": [{"name": "input", "dtype": "float32", "dims": [3, 32, 32]}],
-            "outputs": [{"name": "logits", "dtype": "float32", "dims": [3]}],
-            "image": {"resize": "stretch", "width": 32, "height": 32},
-            "labels": COLOURS,
-            "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 5, "max_queue_size": 64},
-        },
-    )
+    batching = {"max_batch_size": max_batch_size, "max_delay_ms": 5, "max_queue_size": 64}
+    save_model(folder, classifier_graph(nodes, "tiny-classifier"), classifier_config(batching))
 
 
 def _quadrant_scores_nodes() -> list[onnx.NodeProto]:
@@ -72,11 +82,11 @@ def _quadrant_scores_nodes() -> list[onnx.NodeProto]:
         helper.make_node(
             "AveragePool", ["images"], ["quad"], kernel_shape=[32, 32], strides=[32, 32]
         ),
-        _const("starts", np.array([0], dtype=np.int64)),
-        _const("ends", np.array([2], dtype=np.int64)),
-        _const("axes", np.array([1], dtype=np.int64)),
+        const("starts", np.array([0], dtype=np.int64)),
+        const("ends", np.array([2], dtype=np.int64)),
+        const("axes", np.array([1], dtype=np.int64)),
         helper.make_node("Slice", ["quad", "starts", "ends", "axes"], ["rg"]),
-        _const("cls_shape", np.array([0, 2, 4], dtype=np.int64)),
+        const("cls_shape", np.array([0, 2, 4], dtype=np.int64)),
         helper.make_node("Reshape", ["rg", "cls_shape"], ["cls"]),
     ]
 
@@ -85,11 +95,11 @@ def _batch_boxes_nodes(boxes: np.ndarray) -> list[onnx.NodeProto]:
     """Constant boxes float[4,4] broadcast to 'boxes_b' float[B,4,4] (axes: coord, candidate)."""
     return [
         helper.make_node("Shape", ["images"], ["in_shape"]),
-        _const("zero_idx", np.array([0], dtype=np.int64)),
+        const("zero_idx", np.array([0], dtype=np.int64)),
         helper.make_node("Gather", ["in_shape", "zero_idx"], ["batch"], axis=0),
-        _const("box_tail", np.array([4, 4], dtype=np.int64)),
+        const("box_tail", np.array([4, 4], dtype=np.int64)),
         helper.make_node("Concat", ["batch", "box_tail"], ["box_shape"], axis=0),
-        _const("box_const", boxes[None]),
+        const("box_const", boxes[None]),
         helper.make_node("Expand", ["box_const", "box_shape"], ["boxes_b"]),
     ]
 
@@ -108,9 +118,9 @@ def yolo(folder: Path, layout: str = "yolov8") -> None:
         cfg_dims = [6, 4]
     else:
         nodes += [
-            _const("obj_tail", np.array([1, 4], dtype=np.int64)),
+            const("obj_tail", np.array([1, 4], dtype=np.int64)),
             helper.make_node("Concat", ["batch", "obj_tail"], ["obj_shape"], axis=0),
-            _const("one", np.ones((1, 1, 1), dtype=np.float32)),
+            const("one", np.ones((1, 1, 1), dtype=np.float32)),
             helper.make_node("Expand", ["one", "obj_shape"], ["obj"]),
             helper.make_node("Concat", ["boxes_b", "obj", "cls"], ["stacked"], axis=1),
             helper.make_node("Transpose", ["stacked"], ["output0"], perm=[0, 2, 1]),
@@ -123,7 +133,7 @@ def yolo(folder: Path, layout: str = "yolov8") -> None:
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_dims)],
     )
-    _save(
+    save_model(
         folder,
         graph,
         {
@@ -145,7 +155,7 @@ def semantic(folder: Path) -> None:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 32, 32])],
     )
-    _save(
+    save_model(
         folder,
         graph,
         {
@@ -162,19 +172,19 @@ def semantic(folder: Path) -> None:
 
 def maskrcnn(folder: Path) -> None:
     nodes = [
-        _const("c0", np.array([0], dtype=np.int64)),
-        _const("c1", np.array([1], dtype=np.int64)),
-        _const("ax0", np.array([0], dtype=np.int64)),
+        const("c0", np.array([0], dtype=np.int64)),
+        const("c1", np.array([1], dtype=np.int64)),
+        const("ax0", np.array([0], dtype=np.int64)),
         helper.make_node("Slice", ["image", "c0", "c1", "ax0"], ["red"]),  # [1,H,W]
         helper.make_node("Unsqueeze", ["red", "ax0"], ["masks"]),  # [1,1,H,W]
         helper.make_node("ReduceMean", ["red"], ["mean_red"], keepdims=0),  # scalar
         helper.make_node("Unsqueeze", ["mean_red", "ax0"], ["scores"]),  # [1]
-        _const("labels", np.array([1], dtype=np.int64)),
+        const("labels", np.array([1], dtype=np.int64)),
         helper.make_node("Shape", ["image"], ["shape"]),
-        _const("hw_idx", np.array([2, 1], dtype=np.int64)),
+        const("hw_idx", np.array([2, 1], dtype=np.int64)),
         helper.make_node("Gather", ["shape", "hw_idx"], ["wh_i"], axis=0),
         helper.make_node("Cast", ["wh_i"], ["wh"], to=TensorProto.FLOAT),
-        _const("origin", np.zeros(2, dtype=np.float32)),
+        const("origin", np.zeros(2, dtype=np.float32)),
         helper.make_node("Concat", ["origin", "wh"], ["box"], axis=0),
         helper.make_node("Unsqueeze", ["box", "ax0"], ["boxes"]),
     ]
@@ -189,7 +199,7 @@ def maskrcnn(folder: Path) -> None:
             helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["n", 1, "height", "width"]),
         ],
     )
-    _save(
+    save_model(
         folder,
         graph,
         {
@@ -213,24 +223,24 @@ def torchvision_detector(folder: Path) -> None:
     """torchvision-style outputs, no batch axis: one box covering the image's red half (left),
     label 1, score = mean red of that half."""
     nodes = [
-        _const("c0", np.array([0], dtype=np.int64)),
-        _const("c1", np.array([1], dtype=np.int64)),
-        _const("ax0", np.array([0], dtype=np.int64)),
+        const("c0", np.array([0], dtype=np.int64)),
+        const("c1", np.array([1], dtype=np.int64)),
+        const("ax0", np.array([0], dtype=np.int64)),
         helper.make_node("Slice", ["image", "c0", "c1", "ax0"], ["red"]),
         helper.make_node("Shape", ["image"], ["shape"]),
-        _const("hw_idx", np.array([2, 1], dtype=np.int64)),
+        const("hw_idx", np.array([2, 1], dtype=np.int64)),
         helper.make_node("Gather", ["shape", "hw_idx"], ["wh_i"], axis=0),
         helper.make_node("Cast", ["wh_i"], ["wh"], to=TensorProto.FLOAT),
-        _const("half_w", np.array([0.5, 1.0], dtype=np.float32)),
+        const("half_w", np.array([0.5, 1.0], dtype=np.float32)),
         helper.make_node("Mul", ["wh", "half_w"], ["corner"]),
-        _const("origin", np.zeros(2, dtype=np.float32)),
+        const("origin", np.zeros(2, dtype=np.float32)),
         helper.make_node("Concat", ["origin", "corner"], ["box"], axis=0),
         helper.make_node("Unsqueeze", ["box", "ax0"], ["boxes"]),
         helper.make_node("ReduceMean", ["red"], ["mean_red"], keepdims=0),
-        _const("two", np.array(2.0, dtype=np.float32)),
+        const("two", np.array(2.0, dtype=np.float32)),
         helper.make_node("Mul", ["mean_red", "two"], ["score"]),  # red covers half the image
         helper.make_node("Unsqueeze", ["score", "ax0"], ["scores"]),
-        _const("labels", np.array([1], dtype=np.int64)),
+        const("labels", np.array([1], dtype=np.int64)),
     ]
     graph = helper.make_graph(
         nodes,
@@ -242,7 +252,7 @@ def torchvision_detector(folder: Path) -> None:
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"]),
         ],
     )
-    _save(
+    save_model(
         folder,
         graph,
         {
@@ -267,16 +277,16 @@ def embedder(folder: Path, dims: int = 8, seed: int = 0) -> None:
         vocab[word] = len(vocab)
     table = np.random.default_rng(seed).standard_normal((len(vocab), dims)).astype(np.float32)
     nodes = [
-        _const("table", table),
+        const("table", table),
         helper.make_node("Gather", ["table", "input_ids"], ["tokens"], axis=0),  # [B,S,D]
         helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        _const("last", np.array([-1], dtype=np.int64)),
+        const("last", np.array([-1], dtype=np.int64)),
         helper.make_node("Unsqueeze", ["mask_f", "last"], ["mask3"]),  # [B,S,1]
         helper.make_node("Mul", ["tokens", "mask3"], ["masked"]),
-        _const("seq_axis", np.array([1], dtype=np.int64)),
+        const("seq_axis", np.array([1], dtype=np.int64)),
         helper.make_node("ReduceSum", ["masked", "seq_axis"], ["summed"], keepdims=0),
         helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], keepdims=0),
-        _const("eps", np.array([1e-9], dtype=np.float32)),
+        const("eps", np.array([1e-9], dtype=np.float32)),
         helper.make_node("Max", ["count", "eps"], ["count_safe"]),
         helper.make_node("Div", ["summed", "count_safe"], ["sentence_embedding"]),
     ]
@@ -289,7 +299,7 @@ def embedder(folder: Path, dims: int = 8, seed: int = 0) -> None:
         ],
         [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", dims])],
     )
-    _save(
+    save_model(
         folder,
         graph,
         {

@@ -1,8 +1,11 @@
 """Ultralytics YOLO checkpoints (v5u, v8, v11; ``.pt``, or a model ``.yaml`` for an untrained
-network) → ONNX model folders (task ``detect``, format ``yolov8``).
+network) → ONNX model folders.
 
-Input ``images float32[B,3,S,S]`` (letterboxed, RGB, /255), output ``output0 float32[B, 4+C, N]``
-(cx, cy, w, h in input pixels, then class scores), labels and stride in the metadata.
+Input ``images float32[B,3,S,S]`` (letterboxed, RGB, /255). Detection models (task ``detect``,
+format ``yolov8``) have one output ``output0 float32[B, 4+C, N]`` (cx, cy, w, h in input pixels,
+then class scores). Segmentation models (``-seg``; task ``segment``, format ``yolov8-seg``) add
+M = 32 mask coefficients per candidate to ``output0 float32[B, 4+C+M, N]`` and the prototype
+masks ``output1 float32[B, M, S/4, S/4]``. Labels and stride are in the metadata.
 Ultralytics is AGPL-3.0: it is an optional, export-time-only dependency
 (``pip install ultralytics``); the service never imports it.
 Classic YOLOv5 (the ``ultralytics/yolov5`` repository, output ``[B, N, 5+C]``) exports with that
@@ -15,6 +18,7 @@ import argparse
 import importlib
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +31,39 @@ from export.verify import check_parity
 log = logging.getLogger("export")
 
 
-class _FirstOutput(torch.nn.Module):
-    """Ultralytics models return (predictions, features) in some modes: keep the predictions."""
+class _Predictions(torch.nn.Module):
+    """The inference outputs only: ``[B, 4+C(+M), N]``, plus the prototypes for -seg models.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    In export mode a Detect head returns the decoded predictions, a Segment head
+    ``(predictions, prototypes)``; some versions add auxiliary feature maps, which are dropped.
+    """
+
+    def __init__(self, model: torch.nn.Module, outputs: int) -> None:
         super().__init__()
         self.model = model
+        self.outputs = outputs
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.model(images)
-        result: torch.Tensor = out[0] if isinstance(out, (list, tuple)) else out
-        return result
+        if self.outputs == 1:
+            result: torch.Tensor = out[0] if isinstance(out, (list, tuple)) else out
+            return result
+        return tuple(out[: self.outputs])
 
 
-def load_ultralytics(weights: str) -> tuple[torch.nn.Module, list[str], int]:
+@dataclass(frozen=True)
+class YoloModel:
+    model: torch.nn.Module
+    task: str  # detect | segment
+    labels: list[str]
+    stride: int
+
+
+# Ultralytics task name → ortserve task, format and number of graph outputs
+_TASKS = {"detect": ("detect", "yolov8", 1), "segment": ("segment", "yolov8-seg", 2)}
+
+
+def load_ultralytics(weights: str) -> YoloModel:
     try:  # imported by name: an optional dependency without complete type information
         ultralytics: Any = importlib.import_module("ultralytics")
         detect_head: Any = importlib.import_module("ultralytics.nn.modules").Detect
@@ -48,17 +71,26 @@ def load_ultralytics(weights: str) -> tuple[torch.nn.Module, list[str], int]:
         raise ExportError(
             "YOLO export needs Ultralytics (AGPL-3.0, optional): pip install ultralytics"
         ) from exc
-    yolo = ultralytics.YOLO(weights, task="detect")
+    yolo = ultralytics.YOLO(weights)  # the task comes from the checkpoint or the yaml
+    if yolo.task not in _TASKS:
+        raise ExportError(
+            f"{weights}: Ultralytics task {yolo.task!r} is not served; "
+            f"detection and segmentation models are ({', '.join(_TASKS)})"
+        )
     model: Any = yolo.model.eval()
     for module in model.modules():
         if isinstance(module, detect_head):
-            module.export = True  # the inference layout [B, 4+C, N], no auxiliary outputs
+            if getattr(module, "end2end", False):
+                raise ExportError(
+                    f"{weights}: NMS-free (end-to-end) heads, e.g. YOLOv10 and YOLO26, output "
+                    "[B, max_det, 6] and are not supported yet; v5u/v8/v11 checkpoints are"
+                )
+            module.export = True  # the inference layout [B, 4+C(+M), N], no auxiliary outputs
             module.format = "onnx"
             module.dynamic = True
     names = yolo.names
     labels = [str(names[i]) for i in range(len(names))]
-    stride = int(max(model.stride.tolist()))
-    return model, labels, stride
+    return YoloModel(model, yolo.task, labels, int(max(model.stride.tolist())))
 
 
 def export_yolo(
@@ -68,13 +100,15 @@ def export_yolo(
     from service.runtime.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
-    model, labels, stride = load_ultralytics(weights)
-    wrapper = _FirstOutput(model).eval()
+    yolo = load_ultralytics(weights)
+    task, fmt, n_outputs = _TASKS[yolo.task]
+    output_names = ["output0", "output1"][:n_outputs]
+    wrapper = _Predictions(yolo.model, n_outputs).eval()
     image = {
         "resize": "letterbox",
         "width": size,
         "height": size,
-        "stride": stride,
+        "stride": yolo.stride,
         "pad_value": 114,
     }
     processor = ImageProcessor(ImagePreprocessing.model_validate(image), "images", max_pixels=10**8)
@@ -86,8 +120,8 @@ def export_yolo(
             (torch.from_numpy(tensors[0][None]),),
             path,
             input_names=["images"],
-            output_names=["output0"],
-            dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+            output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *output_names]},
             opset=opset,
         )
         parity = check_parity(
@@ -99,40 +133,48 @@ def export_yolo(
             name=out.name,
         )
         with torch.no_grad():
-            candidates = int(wrapper(torch.from_numpy(tensors[0][None])).shape[2])
+            result = wrapper(torch.from_numpy(tensors[0][None]))
+    shapes = [list(t.shape[1:]) for t in (result if isinstance(result, tuple) else (result,))]
     set_metadata(
         onnx_model,
         {
-            "task": "detect",
-            "format": "yolov8",
-            "labels": labels,
-            "stride": stride,
+            "task": task,
+            "format": fmt,
+            "labels": yolo.labels,
+            "stride": yolo.stride,
             "input_size": [size, size],
             "source": {"architecture": "ultralytics", "weights": Path(weights).name},
             "opset": opset,
         },
     )
+    kind = "segmentation" if task == "segment" else "detection"
     config = {
-        "task": "detect",
-        "format": "yolov8",
-        "description": f"Ultralytics YOLO ({Path(weights).name})",
+        "task": task,
+        "format": fmt,
+        "description": f"Ultralytics YOLO {kind} ({Path(weights).name})",
         "inputs": [{"name": "images", "dtype": "float32", "dims": [3, size, size]}],
-        "outputs": [{"name": "output0", "dtype": "float32", "dims": [4 + len(labels), candidates]}],
+        "outputs": [
+            {"name": name, "dtype": "float32", "dims": dims}
+            for name, dims in zip(output_names, shapes, strict=True)
+        ],
         "image": image,
         "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 256},
     }
-    write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
+    write_model_folder(out, onnx_model, config, labels=yolo.labels, parity=parity)
     return parity
 
 
 def add_parser(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "yolo", help="Ultralytics YOLO v5u/v8/v11 (needs ultralytics)"
+        "yolo", help="Ultralytics YOLO v5u/v8/v11, detection or -seg (needs ultralytics)"
     )
     p.add_argument(
         "--weights",
         required=True,
-        help="a .pt checkpoint (e.g. yolov8n.pt, downloads if missing) or a model .yaml",
+        help=(
+            "a .pt checkpoint (e.g. yolov8n.pt or yolov8n-seg.pt, downloads if missing) "
+            "or a model .yaml"
+        ),
     )
     p.add_argument("--size", type=int, default=640, help="square input size")
     p.add_argument("--max-batch-size", type=int, default=8)

@@ -35,7 +35,7 @@ router = APIRouter(tags=["vision"])
     summary="Segment images",
     description=(
         "Semantic models return a class-id mask (PNG, or COCO RLE per class); instance models "
-        "(Mask R-CNN) return scored instances with COCO RLE masks. Masks are at original size."
+        "(Mask R-CNN, YOLO-seg) return scored instances with COCO RLE masks. Masks are at original size."
     ),
     openapi_extra=images_body(SegmentRequest),
     responses={
@@ -50,7 +50,7 @@ async def segment(request: Request, response: Response) -> SegmentResponse | Res
         raise BadRequestError(f"render=true draws one image; this request has {len(images)}")
     served = get_model(request, params.model, "segment")
     labels = served.labels
-    seg_params = seg.SegmentParams(params.confidence, params.mask_format)
+    seg_params = seg.SegmentParams(params.confidence, params.mask_format, params.iou)
     post = served.postprocess
 
     def postprocess(
@@ -115,7 +115,7 @@ async def _rendered(
     max_pixels = settings_of(ctx.request).max_image_pixels
 
     def draw(outputs: Outputs, geo: Geometry) -> bytes:
-        if post.fmt == "maskrcnn":
+        if post.instance:
             instances = post(outputs, geo, seg_params)
             return render.instances_picture(image, instances, labels, fmt, max_pixels=max_pixels)
         # the class map itself: no PNG or RLE round trip for drawing

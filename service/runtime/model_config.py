@@ -24,15 +24,18 @@ OutputFormat = Literal[
     "torchvision-detection",  # boxes [N,4] x1y1x2y2, labels [N], scores [N]; no batch dim
     "semantic-logits",  # [B, C, h, w]
     "maskrcnn",  # boxes [N,4], labels [N], scores [N], masks [N,1,H,W] pasted; no batch dim
+    "yolov8-seg",  # Ultralytics -seg: [B, 4+nc+nm, N] then prototypes [B, nm, h, w]
     "sentence-embedding",  # [B, D] pooled inside the graph
     "token-embeddings",  # [B, S, D]: the service pools with text.pooling
 ]
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "classify": ("classification-logits", "classification-probs"),
     "detect": ("yolov8", "yolov5", "torchvision-detection"),
-    "segment": ("semantic-logits", "maskrcnn"),
+    "segment": ("semantic-logits", "maskrcnn", "yolov8-seg"),
     "embed": ("sentence-embedding", "token-embeddings"),
 }
+# formats whose decoding reads more than the first output (in this order)
+OUTPUT_COUNTS: dict[str, int] = {"torchvision-detection": 3, "maskrcnn": 4, "yolov8-seg": 2}
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
@@ -126,6 +129,16 @@ class ModelConfig(_Strict):
             raise ValueError("task embed needs a text section")
         if self.task != "embed" and self.image is None:
             raise ValueError(f"task {self.task} needs an image section")
+        wanted = OUTPUT_COUNTS.get(self.format, 1)
+        if len(self.outputs) < wanted:
+            raise ValueError(
+                f"format {self.format!r} needs {wanted} outputs, config lists {len(self.outputs)}"
+            )
+        if self.format == "yolov8-seg" and len(self.outputs[1].dims) != 3:
+            raise ValueError(
+                f"format yolov8-seg: outputs[1] ({self.outputs[1].name}) holds the prototype "
+                f"masks [M, h, w], but its dims are {self.outputs[1].dims}"
+            )
         return self
 
     @property

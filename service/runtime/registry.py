@@ -137,6 +137,9 @@ def _class_count(config: ModelConfig) -> int | None:
         size = dims[0] if dims else -1
     elif config.format == "yolov8":
         size = dims[0] - 4 if dims and dims[0] != -1 else -1
+    elif config.format == "yolov8-seg":  # output0 [4+nc+nm, N], output1 (prototypes) [nm, h, w]
+        masks = config.outputs[1].dims[0] if config.outputs[1].dims else -1
+        size = dims[0] - 4 - masks if dims and -1 not in (dims[0], masks) else -1
     elif config.format == "yolov5":
         size = dims[-1] - 5 if dims and dims[-1] != -1 else -1
     else:

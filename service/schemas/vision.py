@@ -86,6 +86,7 @@ class DetectResponse(BaseModel):
 
 class SegmentRequest(RenderOptions, ImagesRequest):
     confidence: UnitFloat = Field(default=0.5, description="Instance models: minimum score.")
+    iou: UnitFloat = Field(default=0.45, description="YOLO segmentation models: NMS IoU threshold.")
     mask_format: Literal["png", "rle"] = Field(
         default="png",
         description="Semantic models: one PNG of class ids, or one COCO RLE per class.",

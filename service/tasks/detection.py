@@ -76,28 +76,42 @@ def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], 1)
 
 
-def _select(boxes: np.ndarray, class_scores: np.ndarray, params: DetectParams) -> Detections:
-    """Best class per candidate, thresholds, class filter, NMS."""
+def _select(
+    boxes: np.ndarray, class_scores: np.ndarray, params: DetectParams
+) -> tuple[Detections, np.ndarray]:
+    """Best class per candidate, thresholds, class filter, NMS. Also returns the kept candidates'
+    row numbers (``int64[K]``), for outputs that carry more per candidate (mask coefficients)."""
     class_ids = class_scores.argmax(axis=1)
     scores = class_scores[np.arange(class_scores.shape[0]), class_ids]
     keep = scores >= params.confidence
     if params.class_ids is not None:
         keep &= np.isin(class_ids, np.fromiter(params.class_ids, dtype=np.int64))
-    boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
-    idx = batched_nms(boxes, scores, class_ids, params.iou, params.max_detections)
-    return Detections(
-        boxes[idx].astype(np.float32),
-        scores[idx].astype(np.float32),
-        class_ids[idx].astype(np.int64),
+    rows = np.flatnonzero(keep)
+    rows = rows[
+        batched_nms(boxes[rows], scores[rows], class_ids[rows], params.iou, params.max_detections)
+    ]
+    detections = Detections(
+        boxes[rows].astype(np.float32),
+        scores[rows].astype(np.float32),
+        class_ids[rows].astype(np.int64),
     )
+    return detections, rows
 
 
 def decode_yolov8(output: np.ndarray, params: DetectParams) -> Detections:
     """``float32[4+C, N]`` (cx, cy, w, h in input pixels, then class scores) → detections."""
-    if output.ndim != 2 or output.shape[0] < 5:
-        raise ValueError(f"yolov8 output must be [4+C, N], got {output.shape}")
+    return select_yolov8(output, params)[0]
+
+
+def select_yolov8(
+    output: np.ndarray, params: DetectParams, num_masks: int = 0
+) -> tuple[Detections, np.ndarray]:
+    """``float32[4+C+M, N]`` (cx, cy, w, h in input pixels, C class scores, then ``num_masks``
+    mask coefficients for -seg models) → detections and their candidate columns ``int64[K]``."""
+    if output.ndim != 2 or output.shape[0] < 5 + num_masks:
+        raise ValueError(f"yolov8 output must be [4+C+{num_masks}, N], got {output.shape}")
     pred = output.T
-    return _select(_cxcywh_to_xyxy(pred[:, :4]), pred[:, 4:], params)
+    return _select(_cxcywh_to_xyxy(pred[:, :4]), pred[:, 4 : pred.shape[1] - num_masks], params)
 
 
 def decode_yolov5(output: np.ndarray, params: DetectParams) -> Detections:
@@ -106,7 +120,7 @@ def decode_yolov5(output: np.ndarray, params: DetectParams) -> Detections:
         raise ValueError(f"yolov5 output must be [N, 5+C], got {output.shape}")
     candidates = output[output[:, 4] >= params.confidence]
     class_scores = candidates[:, 5:] * candidates[:, 4:5]
-    return _select(_cxcywh_to_xyxy(candidates[:, :4]), class_scores, params)
+    return _select(_cxcywh_to_xyxy(candidates[:, :4]), class_scores, params)[0]
 
 
 def decode_torchvision(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.tasks.detection import to_original
+from service.tasks.detection import DetectParams, select_yolov8, to_original
 from service.tasks.imaging import Geometry
 
 
@@ -176,10 +176,67 @@ def instances_from_maskrcnn(
     return out
 
 
+def instances_from_yolo_seg(
+    output: np.ndarray,
+    protos: np.ndarray,
+    geo: Geometry,
+    confidence: float,
+    iou: float,
+    max_instances: int = 100,
+) -> list[Instance]:
+    """Ultralytics -seg outputs → instances at the original size.
+
+    ``output float32[4+C+M, N]`` is the detection layout plus M mask coefficients per candidate;
+    ``protos float32[M, h, w]`` are the prototype masks over the whole (letterboxed) input. After
+    NMS each instance's mask logits are ``coefficients @ protos``; the part of that map that
+    shows the image is resized bilinearly to the original size, thresholded at 0 (probability
+    0.5) and cut to the instance's box, as Ultralytics does with ``retina_masks=True``. Only the
+    box's pixels are resampled, so cost follows instance area, not image area times instances.
+    """
+    if protos.ndim != 3:
+        raise ValueError(f"yolov8-seg prototypes must be [M, h, w], got {protos.shape}")
+    m, proto_h, proto_w = protos.shape
+    params = DetectParams(confidence=confidence, iou=iou, max_detections=max_instances)
+    det, rows = select_yolov8(output, params, num_masks=m)
+    if len(det) == 0:
+        return []
+    coefficients = output[output.shape[0] - m :, rows].T.astype(np.float32)  # [K, M]
+    logits = (coefficients @ protos.reshape(m, -1)).reshape(-1, proto_h, proto_w)
+    boxes = to_original(det.boxes, geo)
+    # only the prototypes' image part is sampled, so letterbox padding never bleeds into edges
+    crop_left, crop_top, crop_right, crop_bottom = _content_box(geo, proto_w, proto_h)
+    logits = logits[:, crop_top:crop_bottom, crop_left:crop_right]
+    # original pixel (x, y) ↔ cropped prototype coordinate (x0 + x * sx, y0 + y * sy)
+    fx, fy = proto_w / geo.input_w, proto_h / geo.input_h
+    x0, y0 = geo.pad_x * fx - crop_left, geo.pad_y * fy - crop_top
+    sx, sy = fx * geo.scale_x, fy * geo.scale_y
+    out: list[Instance] = []
+    for k in range(len(det)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[k])
+        # pixels whose index i satisfies x1 <= i < x2 (Ultralytics' crop_mask rule)
+        left, top = int(np.ceil(x1)), int(np.ceil(y1))
+        right, bottom = int(np.ceil(x2)), int(np.ceil(y2))
+        binary = np.zeros((geo.orig_h, geo.orig_w), dtype=bool)
+        if right > left and bottom > top:
+            plane = Image.fromarray(np.ascontiguousarray(logits[k]), mode="F")
+            region = (x0 + left * sx, y0 + top * sy, x0 + right * sx, y0 + bottom * sy)
+            patch = plane.resize((right - left, bottom - top), Image.Resampling.BILINEAR, region)
+            binary[top:bottom, left:right] = np.asarray(patch) > 0
+        if not binary.any():
+            continue  # a box without mask pixels is no instance (Ultralytics drops it too)
+        out.append(
+            Instance(
+                int(det.class_ids[k]), float(det.scores[k]), (x1, y1, x2, y2), rle_encode(binary)
+            )
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class SegmentParams:
     confidence: float = 0.5
     mask_format: str = "png"  # semantic only: png | rle
+    iou: float = 0.45  # YOLO segmentation models: NMS IoU threshold
 
 
 @dataclass(frozen=True)
@@ -194,6 +251,11 @@ class SegmentPostprocessor:
         self.fmt = fmt
         self.output_names = output_names
 
+    @property
+    def instance(self) -> bool:
+        """Whether results are instances (Mask R-CNN, YOLO-seg) rather than a class map."""
+        return self.fmt in ("maskrcnn", "yolov8-seg")
+
     def __call__(
         self, outputs: dict[str, np.ndarray], geo: Geometry, params: SegmentParams
     ) -> SemanticResult | list[Instance]:
@@ -207,6 +269,9 @@ class SegmentPostprocessor:
                 geo,
                 params.confidence,
             )
+        if self.fmt == "yolov8-seg":
+            output, protos = (outputs[n] for n in self.output_names[:2])
+            return instances_from_yolo_seg(output, protos, geo, params.confidence, params.iou)
         class_map = semantic_class_map(outputs[self.output_names[0]], geo)
         if params.mask_format == "rle":
             return SemanticResult(class_areas(class_map), None, semantic_rle(class_map))

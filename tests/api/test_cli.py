@@ -20,6 +20,7 @@ TINY = [
     "tiny-maskrcnn",
     "tiny-seg",
     "tiny-yolo",
+    "tiny-yolo-seg",
     "tiny-yolov5",
 ]
 

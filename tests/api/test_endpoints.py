@@ -133,6 +133,38 @@ def test_segment_instance_model_returns_rle_masks(client: TestClient) -> None:
     assert not mask[:, 62:].any()
 
 
+def test_segment_yolo_seg_model_returns_masks_cut_to_their_boxes(client: TestClient) -> None:
+    # 128×64 letterboxes to 64×32 with 16 px of padding above and below
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[4:60, 8:56, 0] = 255
+    body = client.post(
+        "/segment",
+        json={"images": [b64(png(img))], "model": "tiny-yolo-seg", "confidence": 0.3},
+    ).json()
+    result = body["results"][0]
+    assert result["kind"] == "instance"
+    assert (result["width"], result["height"]) == (128, 64)
+    instances = sorted(result["instances"], key=lambda i: i["box"]["y1"])
+    assert [i["label"] for i in instances] == ["red", "red"]  # top-left and bottom-left quadrants
+    top, bottom = instances
+    assert top["box"] == pytest.approx({"x1": 0, "y1": 0, "x2": 64, "y2": 32}, abs=0.01)
+    assert bottom["box"] == pytest.approx({"x1": 0, "y1": 32, "x2": 64, "y2": 64}, abs=0.01)
+    for inst, rows in ((top, slice(0, 32)), (bottom, slice(32, 64))):
+        assert inst["score"] == pytest.approx(24 * 14 / 32**2, abs=0.01)
+        mask = rle_decode(inst["mask"])
+        assert mask.shape == (64, 128)
+        inside = np.zeros_like(mask)
+        inside[rows] = True
+        assert not mask[~inside].any(), "a mask never leaves its box"
+        # the prototypes are 4×4-input-pixel averages (8 px here): allow that much at the edges
+        core = np.zeros_like(mask)
+        core[12:52, 16:48] = True
+        near_red = np.zeros_like(mask)
+        near_red[0:64, 0:60] = True
+        assert mask[core & inside].all(), "the red block inside the box is in the mask"
+        assert not mask[~near_red].any(), "nothing far from the red block is"
+
+
 def test_embed_matches_the_table_mean_and_normalises(client: TestClient, tiny_repo) -> None:
     table = embedding_table(tiny_repo / "tiny-embedder")
     vocab = {w: i + 4 for i, w in enumerate(WORDS)}

@@ -27,3 +27,28 @@ def test_yolo_export_matches_pytorch_and_uses_the_v8_layout(
     assert config.inputs[0].name == "images"
     assert config.outputs[0].dims[0] == 4 + len(labels)
     assert config.outputs[0].dims[1] == 40 * 40 + 20 * 20 + 10 * 10  # strides 8, 16, 32 at 320 px
+
+
+@pytest.mark.parametrize("spec", ["yolov8n-seg.yaml", "yolo11n-seg.yaml"])
+def test_yolo_seg_export_adds_coefficients_and_prototypes(
+    tmp_path: Path, spec: str, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / spec.removesuffix(".yaml")
+    report = export_yolo(spec, out, size=320)
+    assert report["passed"]
+    assert {c["output"] for c in report["checks"]} == {"output0", "output1"}
+    config, labels = load_model_config(out)
+    assert (config.task, config.format) == ("segment", "yolov8-seg")
+    assert [o.name for o in config.outputs] == ["output0", "output1"]
+    assert config.outputs[0].dims == [4 + len(labels) + 32, 40 * 40 + 20 * 20 + 10 * 10]
+    assert config.outputs[1].dims == [32, 80, 80]  # prototypes at a quarter of the input
+
+
+def test_yolo_tasks_the_service_cannot_serve_are_refused(tmp_path: Path, monkeypatch) -> None:
+    from export.common import ExportError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ExportError, match="task 'pose' is not served"):
+        export_yolo("yolov8n-pose.yaml", tmp_path / "pose", size=320)
+    assert not (tmp_path / "pose").exists()

@@ -221,6 +221,7 @@ VISION = [
     ("/detect", "tiny-tv-detector"),
     ("/segment", None),
     ("/segment", "tiny-maskrcnn"),
+    ("/segment", "tiny-yolo-seg"),
 ]
 
 

@@ -7,6 +7,8 @@ Each model computes something simple from its input, so tests can predict the ri
 - ``tiny-yolov5``: the same in the YOLOv5 layout ``[B, 4, 5+2]`` with objectness 1.
 - ``tiny-seg``: semantic logits = the RGB channels themselves, so class = dominant channel.
 - ``tiny-maskrcnn``: one instance covering the image, score = mean red, mask = red channel.
+- ``tiny-yolo-seg``: ``tiny-yolo`` plus one mask coefficient (1) per candidate and one
+  prototype, the red channel − 0.5 at 16×16: each instance's mask = red pixels in its box.
 - ``tiny-embedder``: an embedding table + masked mean pooling, with a WordLevel tokenizer.
 """
 
@@ -141,6 +143,49 @@ def yolo(folder: Path, layout: str = "yolov8") -> None:
             "format": layout,
             "inputs": [{"name": "images", "dtype": "float32", "dims": [3, 64, 64]}],
             "outputs": [{"name": "output0", "dtype": "float32", "dims": cfg_dims}],
+            "image": {"resize": "letterbox", "width": 64, "height": 64, "pad_value": 0},
+            "labels": ["red", "green"],
+            "batching": {"max_batch_size": 8, "max_delay_ms": 5, "max_queue_size": 64},
+        },
+    )
+
+
+def yolo_seg(folder: Path) -> None:
+    """Ultralytics -seg layout: ``output0 [B, 4+2+1, 4]``, prototypes ``output1 [B, 1, 16, 16]``."""
+    nodes = _quadrant_scores_nodes() + _batch_boxes_nodes(_QUAD_BOXES)
+    nodes += [
+        const("coef_tail", np.array([1, 4], dtype=np.int64)),
+        helper.make_node("Concat", ["batch", "coef_tail"], ["coef_shape"], axis=0),
+        const("coef_one", np.ones((1, 1, 1), dtype=np.float32)),
+        helper.make_node("Expand", ["coef_one", "coef_shape"], ["coef"]),
+        helper.make_node("Concat", ["boxes_b", "cls", "coef"], ["output0"], axis=1),
+        const("red_start", np.array([0], dtype=np.int64)),
+        const("red_end", np.array([1], dtype=np.int64)),
+        helper.make_node("Slice", ["images", "red_start", "red_end", "axes"], ["red"]),
+        helper.make_node("AveragePool", ["red"], ["red16"], kernel_shape=[4, 4], strides=[4, 4]),
+        const("half", np.array(0.5, dtype=np.float32)),
+        helper.make_node("Sub", ["red16", "half"], ["output1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-yolo-seg",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [
+            helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 7, 4]),
+            helper.make_tensor_value_info("output1", TensorProto.FLOAT, ["batch", 1, 16, 16]),
+        ],
+    )
+    save_model(
+        folder,
+        graph,
+        {
+            "task": "segment",
+            "format": "yolov8-seg",
+            "inputs": [{"name": "images", "dtype": "float32", "dims": [3, 64, 64]}],
+            "outputs": [
+                {"name": "output0", "dtype": "float32", "dims": [7, 4]},
+                {"name": "output1", "dtype": "float32", "dims": [1, 16, 16]},
+            ],
             "image": {"resize": "letterbox", "width": 64, "height": 64, "pad_value": 0},
             "labels": ["red", "green"],
             "batching": {"max_batch_size": 8, "max_delay_ms": 5, "max_queue_size": 64},
@@ -339,6 +384,7 @@ def build_repository(root: Path) -> Path:
     yolo(root / "tiny-yolov5", "yolov5")
     semantic(root / "tiny-seg")
     maskrcnn(root / "tiny-maskrcnn")
+    yolo_seg(root / "tiny-yolo-seg")
     torchvision_detector(root / "tiny-tv-detector")
     embedder(root / "tiny-embedder")
     return root

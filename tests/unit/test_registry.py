@@ -84,3 +84,28 @@ def test_folder_names_must_be_identifiers(tmp_path) -> None:
     shutil.move(repo / "clf", repo / "bad name")
     with pytest.raises(ConfigError, match="not a valid model identifier"):
         ModelRegistry(Settings(model_repository=repo)).load()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"labels": ["red", "green", "blue"]}, "labels: 3 labels for 2 output classes"),
+        ({"outputs": [{"name": "output0", "dims": [7, 4]}]}, "needs 2 outputs, config lists 1"),
+        (
+            {"outputs": [{"name": "output0", "dims": [7, 4]}, {"name": "output0", "dims": [7, 4]}]},
+            "holds the prototype masks [M, h, w], but its dims are [7, 4]",
+        ),
+    ],
+)
+def test_a_yolo_seg_config_counts_classes_without_the_mask_coefficients(
+    tmp_path, edit, message
+) -> None:
+    folder = tmp_path / "seg"
+    tiny_models.yolo_seg(folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    ModelRegistry(Settings(model_repository=tmp_path)).load()  # 4 + 2 classes + 1 coefficient
+    config.update(edit)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="model 'seg'") as info:
+        ModelRegistry(Settings(model_repository=tmp_path)).load()
+    assert message in str(info.value)

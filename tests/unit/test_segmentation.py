@@ -12,6 +12,7 @@ from service.tasks.imaging import Geometry
 from service.tasks.segmentation import (
     class_areas,
     instances_from_maskrcnn,
+    instances_from_yolo_seg,
     png_base64,
     rle_decode,
     rle_encode,
@@ -78,3 +79,39 @@ def test_instances_are_thresholded_scaled_and_rle_encoded() -> None:
     assert decoded.shape == (20, 40)
     assert decoded[10, 20]
     assert not decoded[1, 1]
+
+
+def _yolo_seg_output(boxes_cxcywh: list[list[float]], scores: list[float]) -> np.ndarray:
+    """``[4 + 1 class + 1 coefficient, N]`` with every coefficient 1."""
+    n = len(scores)
+    return np.concatenate(
+        [np.array(boxes_cxcywh, np.float32).T, np.array([scores], np.float32), np.ones((1, n))]
+    ).astype(np.float32)
+
+
+def test_yolo_seg_masks_are_prototypes_cut_to_the_box_at_original_size() -> None:
+    # input 64×64 shows a 128×64 image (scale 0.5, 16 px padding above and below)
+    geo = Geometry(0.5, 0.5, 0.0, 16.0, 128, 64, 64, 64)
+    protos = -np.ones((1, 16, 16), np.float32)
+    protos[0, 4:12, :] = 1.0  # the whole image's rows; the padding rows are -1
+    output = _yolo_seg_output([[16, 32, 32, 32], [48, 8, 8, 8]], [0.9, 0.8])
+    [inst] = instances_from_yolo_seg(output, protos, geo, confidence=0.5, iou=0.45)
+    assert inst.box == pytest.approx((0.0, 0.0, 64.0, 64.0))
+    mask = rle_decode(inst.rle)
+    assert mask.shape == (64, 128)
+    # all of the box, nothing outside it, and the padding's -1 does not bleed into the edges
+    assert mask[:, :64].all()
+    assert not mask[:, 64:].any()
+    # the second candidate lies in the padding: its box is clipped away and it is dropped
+    assert len(instances_from_yolo_seg(output, protos, geo, confidence=0.1, iou=0.45)) == 1
+
+
+def test_yolo_seg_rejects_prototypes_of_the_wrong_rank() -> None:
+    with pytest.raises(ValueError, match=r"prototypes must be \[M, h, w\]"):
+        instances_from_yolo_seg(
+            _yolo_seg_output([[8, 8, 4, 4]], [0.9]),
+            np.zeros((16, 16), np.float32),
+            Geometry(1, 1, 0, 0, 16, 16, 16, 16),
+            0.5,
+            0.45,
+        )

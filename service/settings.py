@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     ort_allow_spinning: bool = Field(
         default=True, description="ONNX Runtime threads spin between ops (lower latency, more CPU)."
     )
+    ort_spin_between_runs: bool = Field(
+        default=False,
+        description=(
+            "ONNX Runtime threads keep spinning after a run ends. Off: they still spin inside a "
+            "run (same latency) but then block, leaving the cores to decoding and HTTP."
+        ),
+    )
     preprocess_threads: int = Field(
         default=0, ge=0, description="Threads decoding images / tokenizing; 0 = min(4, cores)."
     )

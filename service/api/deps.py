@@ -112,14 +112,19 @@ class RequestContext:
         served: ServedModel,
         images: list[bytes],
         postprocess: Callable[[Outputs, Geometry], R],
+        *,
+        inline_postprocess: bool = False,
     ) -> list[R]:
-        """Each image: decode + resize in the pool → batcher → postprocess in the pool."""
+        """Each image: decode + resize in the pool → batcher → postprocess in the pool, or on
+        the event loop when it takes microseconds (top-k), where a thread hop costs more."""
         assert served.image is not None
         image = served.image
 
         async def one(data: bytes) -> R:
             feeds, geo = await self.in_pool(image.preprocess, data)
             outputs = await self.infer(served, feeds)
+            if inline_postprocess:
+                return postprocess(outputs, geo)
             return await self.in_pool(postprocess, outputs, geo)
 
         return await gather_or_cancel([one(data) for data in images])

@@ -218,6 +218,7 @@ class ModelRegistry:
                 require_cuda=self.settings.require_cuda,
                 intra_op_threads=self.settings.intra_op_threads,
                 allow_spinning=self.settings.ort_allow_spinning,
+                spin_between_runs=self.settings.ort_spin_between_runs,
             )
         except SessionError as exc:
             raise SessionError(f"model {served.name!r}: {exc}") from exc

@@ -186,6 +186,7 @@ def limit(
         else [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= config.batching.max_batch_size]
     )
     rates: dict[int, list[float]] = {size: [] for size in sizes}
+    cpu_ms: dict[int, list[float]] = {size: [] for size in sizes}
     single: list[float] = []
     # rounds over all batch sizes, medians per size: a slow moment of a shared host then
     # spoils one sample, not one batch size
@@ -195,12 +196,13 @@ def limit(
                 collate([items[(i + k) % len(items)] for k in range(size)]) for i in range(8)
             ]
             session.run(batches[0])
-            n, started = 0, time.perf_counter()
+            n, started, cpu_started = 0, time.perf_counter(), time.process_time()
             while time.perf_counter() - started < seconds / repeat:
                 session.run(batches[n % len(batches)])
                 n += 1
             elapsed = time.perf_counter() - started
             rates[size].append(n * size / elapsed)
+            cpu_ms[size].append((time.process_time() - cpu_started) * 1000.0 / (n * size))
             if size == 1:
                 single.append(elapsed / n * 1000.0)
     by_size = {size: float(np.median(r)) for size, r in rates.items()}
@@ -211,6 +213,8 @@ def limit(
         "best_batch": best,
         "by_batch": by_size,
         "single_item_ms": single_ms,
+        # CPU time of all ORT threads per item at the best batch: what an item costs the cores
+        "cpu_ms_per_item": float(np.median(cpu_ms[best])),
     }
 
 
@@ -252,13 +256,35 @@ def server(cmd: list[str], env: dict[str, str], port: int, ready_path: str):
             proc.kill()
 
 
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_measured(
+    url: str, bodies: list[str], concurrency: int, duration_s: float, pid: int
+) -> dict[str, Any]:
+    """One load run, plus the server's CPU time per request: all threads, and the event loop
+    (the main thread) alone."""
+    before, loop_before = cpu_s(pid), cpu_s(pid, pid)
+    result = load(url, bodies, concurrency, duration_s)
+    done = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = (cpu_s(pid) - before) * 1000.0 / done
+    result["loop_cpu_ms_per_request"] = (cpu_s(pid, pid) - loop_before) * 1000.0 / done
+    return result
+
+
 def load_median(
-    url: str, bodies: list[str], concurrency: int, duration_s: float, repeat: int
+    url: str, bodies: list[str], concurrency: int, duration_s: float, repeat: int, pid: int
 ) -> dict[str, Any]:
     """``repeat`` runs of ``duration_s / repeat``; the run with the median throughput, plus
     every run's throughput (``runs_rps``), so one slow moment of the host is visible, not
     decisive."""
-    runs = [load(url, bodies, concurrency, duration_s / repeat) for _ in range(repeat)]
+    runs = [
+        load_measured(url, bodies, concurrency, duration_s / repeat, pid) for _ in range(repeat)
+    ]
     runs.sort(key=lambda r: r["throughput_rps"])
     chosen = dict(runs[len(runs) // 2])
     chosen["runs_rps"] = [r["throughput_rps"] for r in runs]
@@ -365,7 +391,7 @@ def main() -> None:
             for c in levels:
                 print(f"[ortserve] {sc.name} c={c}", flush=True)
                 report["scenarios"][sc.name]["served"].append(
-                    load_median(url + sc.path, sc.bodies, c, args.duration_s, args.repeat)
+                    load_median(url + sc.path, sc.bodies, c, args.duration_s, args.repeat, proc.pid)
                 )
         if args.memory_requests:
             print(f"[memory] {args.memory_requests} requests", flush=True)
@@ -381,11 +407,13 @@ def main() -> None:
             "--port",
             str(naive_port),
         ]
-        with server(cmd, {}, naive_port, "/docs") as (url, _):
+        with server(cmd, {}, naive_port, "/docs") as (url, naive_proc):
             for c in levels:
                 print(f"[naive] {sc.name} c={c}", flush=True)
                 report["scenarios"][sc.name]["naive"].append(
-                    load_median(url + sc.path, sc.bodies, c, args.duration_s, args.repeat)
+                    load_median(
+                        url + sc.path, sc.bodies, c, args.duration_s, args.repeat, naive_proc.pid
+                    )
                 )
     table = render(report, chosen)
     print(table)
@@ -399,8 +427,8 @@ def main() -> None:
 
 def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
     lines = [
-        "| scenario | limit items/s (batch) | conc | ortserve items/s | p50 ms | p95 ms | p99 ms | errors | mean batch | naive items/s | naive p50 ms | served/limit | served/naive |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | limit items/s (batch) | conc | ortserve items/s | p50 ms | p95 ms | p99 ms | errors | mean batch | CPU ms/req (loop) | naive items/s | naive p50 ms | naive CPU ms/req | served/limit | served/naive |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for sc in chosen:
         entry = report["scenarios"][sc.name]
@@ -411,11 +439,14 @@ def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
             lines.append(
                 f"| {sc.name} | {lim['items_per_s']:.0f} ({lim['best_batch']}) | {served['concurrency']} | "
                 f"{s_items:.0f} | {served['p50_ms']:.1f} | {served['p95_ms']:.1f} | {served['p99_ms']:.1f} | "
-                f"{sum(served['errors'].values())} | {served['mean_batch_size'] or 0:.1f} | {n_items:.0f} | "
-                f"{naive['p50_ms']:.1f} | {s_items / lim['items_per_s']:.2f} | {s_items / max(n_items, 1e-9):.2f} |"
+                f"{sum(served['errors'].values())} | {served['mean_batch_size'] or 0:.1f} | "
+                f"{served['cpu_ms_per_request']:.1f} ({served['loop_cpu_ms_per_request']:.1f}) | "
+                f"{n_items:.0f} | {naive['p50_ms']:.1f} | {naive['cpu_ms_per_request']:.1f} | "
+                f"{s_items / lim['items_per_s']:.2f} | {s_items / max(n_items, 1e-9):.2f} |"
             )
         lines.append(
-            f"|  | single-item model latency {lim['single_item_ms']:.2f} ms |  |  |  |  |  |  |  |  |  |  |  |"
+            f"|  | single-item model latency {lim['single_item_ms']:.2f} ms; the limit's CPU "
+            f"{lim['cpu_ms_per_item']:.2f} ms/item |  |  |  |  |  |  |  |  |  |  |  |  |  |"
         )
     if "memory" in report:
         m = report["memory"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,15 +15,21 @@ from service.runtime.model_config import load_model_config
 pytestmark = pytest.mark.export
 
 
-@pytest.mark.parametrize("spec", ["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml"])
-def test_yolo_export_matches_pytorch_and_uses_the_v8_layout(
-    tmp_path: Path, spec: str, monkeypatch
-) -> None:
+def _export(tmp_path: Path, spec: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any]:
+    """Export an untrained network at 320 px; Ultralytics writes its side files in the cwd."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / spec.removesuffix(".yaml")
     report = export_yolo(spec, out, size=320)
     assert report["passed"]
     config, labels = load_model_config(out)
+    return report, config, labels
+
+
+@pytest.mark.parametrize("spec", ["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml"])
+def test_yolo_export_matches_pytorch_and_uses_the_v8_layout(
+    tmp_path: Path, spec: str, monkeypatch
+) -> None:
+    _, config, labels = _export(tmp_path, spec, monkeypatch)
     assert config.format == "yolov8"
     assert config.inputs[0].name == "images"
     assert config.outputs[0].dims[0] == 4 + len(labels)
@@ -33,12 +40,8 @@ def test_yolo_export_matches_pytorch_and_uses_the_v8_layout(
 def test_yolo_seg_export_adds_coefficients_and_prototypes(
     tmp_path: Path, spec: str, monkeypatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / spec.removesuffix(".yaml")
-    report = export_yolo(spec, out, size=320)
-    assert report["passed"]
+    report, config, labels = _export(tmp_path, spec, monkeypatch)
     assert {c["output"] for c in report["checks"]} == {"output0", "output1"}
-    config, labels = load_model_config(out)
     assert (config.task, config.format) == ("segment", "yolov8-seg")
     assert [o.name for o in config.outputs] == ["output0", "output1"]
     assert config.outputs[0].dims == [4 + len(labels) + 32, 40 * 40 + 20 * 20 + 10 * 10]

@@ -92,12 +92,36 @@ def rle_encode(mask: np.ndarray) -> dict[str, object]:
     each run delta-coded against the run two before and written 5 bits per character.
     """
     h, w = mask.shape
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    return rle_encode_region(mask, 0, 0, h, w)
+
+
+def rle_encode_region(
+    patch: np.ndarray, top: int, left: int, height: int, width: int
+) -> dict[str, object]:
+    """``rle_encode`` of a ``height × width`` mask that is ``patch`` at (``top``, ``left``) and
+    zero elsewhere, without building the full mask: the cost follows the patch's columns."""
+    ph, pw = patch.shape
+    if top < 0 or left < 0 or top + ph > height or left + pw > width:
+        raise ValueError(f"a {ph}×{pw} patch at ({top}, {left}) is outside {height}×{width}")
+    columns = np.zeros((height, pw), dtype=bool)  # the patch's columns at full height
+    columns[top : top + ph] = patch
+    flat = columns.ravel(order="F")
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(bounds).tolist()
+    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
     if flat.size and flat[0]:
         runs.insert(0, 0)
+    if not runs:  # an empty patch (no columns)
+        runs = [0]
+    runs[0] += left * height  # the all-zero columns before it ...
+    after = (width - left - pw) * height  # ... and after it
+    if len(runs) % 2:  # runs alternate zero, one, zero...: an odd count ends on zeros
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    return {"size": [height, width], "counts": _rle_counts(runs)}
+
+
+def _rle_counts(runs: list[int]) -> str:
     chars: list[str] = []
     for i, run in enumerate(runs):
         x = run - runs[i - 2] if i > 2 else run
@@ -109,7 +133,7 @@ def rle_encode(mask: np.ndarray) -> dict[str, object]:
             if more:
                 c |= 0x20
             chars.append(chr(c + 48))
-    return {"size": [h, w], "counts": "".join(chars)}
+    return "".join(chars)
 
 
 def rle_decode(rle: dict[str, object]) -> np.ndarray:
@@ -159,21 +183,45 @@ def instances_from_maskrcnn(
     """torchvision Mask R-CNN outputs at model-input size → instances at the original size.
 
     ``masks float32[N,1,H,W]`` are probabilities already pasted into the input image; each is
-    resized to the original image and thresholded at 0.5.
+    resized bilinearly to the original image and thresholded at 0.5. Only the region around
+    the mask's own pixels is resampled (bilinear weights are non-negative, so nothing beyond
+    the filter's reach of a pixel ≥ 0.5 can reach 0.5): the cost follows the instance's size,
+    not the image's, which matters on large images with many instances.
     """
     keep = np.flatnonzero(scores >= confidence)[:max_instances]
     if keep.size == 0:
         return []
     orig_boxes = to_original(boxes[keep].astype(np.float32), geo)
     out: list[Instance] = []
-    size = (geo.orig_w, geo.orig_h)
     for row, i in enumerate(keep):
         plane = masks[i, 0] if masks.ndim == 4 else masks[i]
-        plane = plane[: geo.input_h, : geo.input_w]
-        binary = _resize_plane(plane, size) >= 0.5
+        plane = np.asarray(plane[: geo.input_h, : geo.input_w], dtype=np.float32)
         x1, y1, x2, y2 = (float(v) for v in orig_boxes[row])
-        out.append(Instance(int(labels[i]), float(scores[i]), (x1, y1, x2, y2), rle_encode(binary)))
+        top, left, patch = _upsampled_region(plane, geo.orig_w, geo.orig_h)
+        rle = rle_encode_region(patch >= 0.5, top, left, geo.orig_h, geo.orig_w)
+        out.append(Instance(int(labels[i]), float(scores[i]), (x1, y1, x2, y2), rle))
     return out
+
+
+def _upsampled_region(plane: np.ndarray, width: int, height: int) -> tuple[int, int, np.ndarray]:
+    """The part of ``plane`` resized bilinearly to ``width × height`` that can reach 0.5, as
+    (top, left, values): identical there to resizing the whole plane."""
+    rows = np.flatnonzero((plane >= 0.5).any(axis=1))
+    if rows.size == 0:
+        return 0, 0, np.zeros((0, 0), dtype=np.float32)
+    cols = np.flatnonzero((plane >= 0.5).any(axis=0))
+    ph, pw = plane.shape
+    fx, fy = pw / width, ph / height  # plane pixels per output pixel
+    # PIL's bilinear support is one source pixel, or the scale when shrinking; one more to spare
+    mx, my = np.ceil(max(1.0, fx)) + 1, np.ceil(max(1.0, fy)) + 1
+    left = max(0, int(np.floor((cols[0] - mx) / fx)))
+    right = min(width, int(np.ceil((cols[-1] + 1 + mx) / fx)))
+    top = max(0, int(np.floor((rows[0] - my) / fy)))
+    bottom = min(height, int(np.ceil((rows[-1] + 1 + my) / fy)))
+    image = Image.fromarray(plane, mode="F")
+    box = (left * fx, top * fy, right * fx, bottom * fy)
+    values = image.resize((right - left, bottom - top), Image.Resampling.BILINEAR, box)
+    return top, left, np.asarray(values)
 
 
 def instances_from_yolo_seg(
@@ -216,19 +264,20 @@ def instances_from_yolo_seg(
         # pixels whose index i satisfies x1 <= i < x2 (Ultralytics' crop_mask rule)
         left, top = int(np.ceil(x1)), int(np.ceil(y1))
         right, bottom = int(np.ceil(x2)), int(np.ceil(y2))
-        binary = np.zeros((geo.orig_h, geo.orig_w), dtype=bool)
-        if right > left and bottom > top:
-            plane = Image.fromarray(np.ascontiguousarray(logits[k]), mode="F")
-            region = (x0 + left * sx, y0 + top * sy, x0 + right * sx, y0 + bottom * sy)
-            patch = plane.resize((right - left, bottom - top), Image.Resampling.BILINEAR, region)
-            binary[top:bottom, left:right] = np.asarray(patch) > 0
+        left, top = max(left, 0), max(top, 0)
+        right, bottom = min(right, geo.orig_w), min(bottom, geo.orig_h)
+        if right <= left or bottom <= top:
+            continue
+        plane = Image.fromarray(np.ascontiguousarray(logits[k]), mode="F")
+        region = (x0 + left * sx, y0 + top * sy, x0 + right * sx, y0 + bottom * sy)
+        patch = np.asarray(
+            plane.resize((right - left, bottom - top), Image.Resampling.BILINEAR, region)
+        )
+        binary = patch > 0
         if not binary.any():
             continue  # a box without mask pixels is no instance (Ultralytics drops it too)
-        out.append(
-            Instance(
-                int(det.class_ids[k]), float(det.scores[k]), (x1, y1, x2, y2), rle_encode(binary)
-            )
-        )
+        rle = rle_encode_region(binary, top, left, geo.orig_h, geo.orig_w)
+        out.append(Instance(int(det.class_ids[k]), float(det.scores[k]), (x1, y1, x2, y2), rle))
     return out
 
 

@@ -16,6 +16,7 @@ from service.tasks.segmentation import (
     png_base64,
     rle_decode,
     rle_encode,
+    rle_encode_region,
     semantic_class_map,
 )
 
@@ -36,6 +37,31 @@ def test_rle_matches_pycocotools_both_ways(seed: int) -> None:
     decoded = mask_utils.decode({"size": ours["size"], "counts": ours["counts"].encode()})
     np.testing.assert_array_equal(decoded.astype(bool), mask)
     np.testing.assert_array_equal(rle_decode(ours), mask)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_region_rle_equals_the_rle_of_the_full_mask(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(1, 40, size=2))
+    ph, pw = int(rng.integers(0, h + 1)), int(rng.integers(0, w + 1))
+    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    if seed == 0:
+        ph, pw, top, left = h, w, 0, 0  # the whole image
+    if seed == 1:
+        ph, pw, top, left = 1, 1, 0, 0  # one pixel in the first column
+    if seed == 2:
+        ph, pw, top, left = 1, 1, h - 1, w - 1  # one pixel in the last column
+    patch = rng.random((ph, pw)) > rng.random()
+    if seed in (1, 2):
+        patch[:] = True
+    full = np.zeros((h, w), bool)
+    full[top : top + ph, left : left + pw] = patch
+    assert rle_encode_region(patch, top, left, h, w) == rle_encode(full)
+
+
+def test_region_rle_refuses_a_patch_outside_the_mask() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        rle_encode_region(np.ones((3, 3), bool), 8, 0, 10, 10)
 
 
 def _geo(w: int, h: int, in_w: int, in_h: int) -> Geometry:
@@ -79,6 +105,35 @@ def test_instances_are_thresholded_scaled_and_rle_encoded() -> None:
     assert decoded.shape == (20, 40)
     assert decoded[10, 20]
     assert not decoded[1, 1]
+
+
+@pytest.mark.parametrize(
+    ("orig", "model"),
+    [((400, 300), (80, 60)), ((50, 30), (100, 60)), ((100, 60), (100, 60)), ((333, 47), (64, 13))],
+)
+def test_maskrcnn_instances_equal_resizing_the_whole_mask(
+    orig: tuple[int, int], model: tuple[int, int]
+) -> None:
+    """Resampling only around each mask's pixels gives exactly the whole-image result."""
+    rng = np.random.default_rng(sum(orig))
+    (w, h), (in_w, in_h) = orig, model
+    n = 6
+    masks = np.zeros((n, 1, in_h + 3, in_w + 5), np.float32)  # the graph pads; the crop drops it
+    for k in range(n):
+        cx, cy = rng.uniform(0, in_w), rng.uniform(0, in_h)
+        rx, ry = rng.uniform(1, in_w / 3), rng.uniform(1, in_h / 3)
+        yy, xx = np.mgrid[: in_h + 3, : in_w + 5]
+        masks[k, 0] = np.clip(1.2 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2, 0, 1)
+    masks[-1] = 0.4  # never reaches 0.5: an empty mask
+    boxes = np.tile(np.array([[0, 0, in_w, in_h]], np.float32), (n, 1))
+    geo = _geo(w, h, in_w, in_h)
+    out = instances_from_maskrcnn(boxes, np.arange(n), np.full(n, 0.9, np.float32), masks, geo, 0.5)
+    for k, instance in enumerate(out):
+        plane = Image.fromarray(masks[k, 0, :in_h, :in_w], mode="F")
+        whole = np.asarray(plane.resize((w, h), Image.Resampling.BILINEAR)) >= 0.5
+        np.testing.assert_array_equal(rle_decode(instance.rle), whole)
+    assert not rle_decode(out[-1].rle).any()
+    assert any(rle_decode(i.rle).any() for i in out)
 
 
 def _yolo_seg_output(boxes_cxcywh: list[list[float]], scores: list[float]) -> np.ndarray:

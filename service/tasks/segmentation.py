@@ -103,8 +103,11 @@ def rle_encode_region(
     ph, pw = patch.shape
     if top < 0 or left < 0 or top + ph > height or left + pw > width:
         raise ValueError(f"a {ph}×{pw} patch at ({top}, {left}) is outside {height}×{width}")
-    columns = np.zeros((height, pw), dtype=bool)  # the patch's columns at full height
-    columns[top : top + ph] = patch
+    if ph == height:
+        columns = np.asarray(patch, dtype=bool)
+    else:  # the patch's columns at full height
+        columns = np.zeros((height, pw), dtype=bool)
+        columns[top : top + ph] = patch
     flat = columns.ravel(order="F")
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()

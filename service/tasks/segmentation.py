@@ -200,19 +200,20 @@ def instances_from_maskrcnn(
         plane = masks[i, 0] if masks.ndim == 4 else masks[i]
         plane = np.asarray(plane[: geo.input_h, : geo.input_w], dtype=np.float32)
         x1, y1, x2, y2 = (float(v) for v in orig_boxes[row])
-        top, left, patch = _upsampled_region(plane, geo.orig_w, geo.orig_h)
+        top, left, patch = _resized_region(plane, geo.orig_w, geo.orig_h)
         rle = rle_encode_region(patch >= 0.5, top, left, geo.orig_h, geo.orig_w)
         out.append(Instance(int(labels[i]), float(scores[i]), (x1, y1, x2, y2), rle))
     return out
 
 
-def _upsampled_region(plane: np.ndarray, width: int, height: int) -> tuple[int, int, np.ndarray]:
+def _resized_region(plane: np.ndarray, width: int, height: int) -> tuple[int, int, np.ndarray]:
     """The part of ``plane`` resized bilinearly to ``width × height`` that can reach 0.5, as
     (top, left, values): identical there to resizing the whole plane."""
-    rows = np.flatnonzero((plane >= 0.5).any(axis=1))
+    reaching = plane >= 0.5
+    rows = np.flatnonzero(reaching.any(axis=1))
     if rows.size == 0:
         return 0, 0, np.zeros((0, 0), dtype=np.float32)
-    cols = np.flatnonzero((plane >= 0.5).any(axis=0))
+    cols = np.flatnonzero(reaching.any(axis=0))
     ph, pw = plane.shape
     fx, fy = pw / width, ph / height  # plane pixels per output pixel
     # PIL's bilinear support is one source pixel, or the scale when shrinking; one more to spare

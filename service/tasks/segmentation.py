@@ -29,12 +29,17 @@ class Instance:
     rle: dict[str, object]  # {"size": [h, w], "counts": str}
 
 
-def _resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float32[h,w] plane to (w, h) = ``size``."""
-    if plane.shape[::-1] == size:
+def _resize_plane(
+    plane: np.ndarray,
+    size: tuple[int, int],
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """Bilinear resize of a float32[h,w] plane, or of its ``box`` region (PIL's source box in
+    plane pixels), to (w, h) = ``size``."""
+    if box is None and plane.shape[::-1] == size:
         return plane.astype(np.float32, copy=False)
-    img = Image.fromarray(plane.astype(np.float32, copy=False), mode="F")
-    return np.array(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.array(img.resize(size, Image.Resampling.BILINEAR, box), dtype=np.float32)
 
 
 def _content_box(geo: Geometry, map_w: int, map_h: int) -> tuple[int, int, int, int]:
@@ -113,8 +118,6 @@ def rle_encode_region(
     runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
     if flat.size and flat[0]:
         runs.insert(0, 0)
-    if not runs:  # an empty patch (no columns)
-        runs = [0]
     runs[0] += left * height  # the all-zero columns before it ...
     after = (width - left - pw) * height  # ... and after it
     if len(runs) % 2:  # runs alternate zero, one, zero...: an odd count ends on zeros
@@ -222,10 +225,8 @@ def _resized_region(plane: np.ndarray, width: int, height: int) -> tuple[int, in
     right = min(width, int(np.ceil((cols[-1] + 1 + mx) / fx)))
     top = max(0, int(np.floor((rows[0] - my) / fy)))
     bottom = min(height, int(np.ceil((rows[-1] + 1 + my) / fy)))
-    image = Image.fromarray(plane, mode="F")
     box = (left * fx, top * fy, right * fx, bottom * fy)
-    values = image.resize((right - left, bottom - top), Image.Resampling.BILINEAR, box)
-    return top, left, np.asarray(values)
+    return top, left, _resize_plane(plane, (right - left, bottom - top), box)
 
 
 def instances_from_yolo_seg(
@@ -268,16 +269,10 @@ def instances_from_yolo_seg(
         # pixels whose index i satisfies x1 <= i < x2 (Ultralytics' crop_mask rule)
         left, top = int(np.ceil(x1)), int(np.ceil(y1))
         right, bottom = int(np.ceil(x2)), int(np.ceil(y2))
-        left, top = max(left, 0), max(top, 0)
-        right, bottom = min(right, geo.orig_w), min(bottom, geo.orig_h)
-        if right <= left or bottom <= top:
+        if right <= left or bottom <= top:  # boxes are clipped to the image: only empty ones
             continue
-        plane = Image.fromarray(np.ascontiguousarray(logits[k]), mode="F")
         region = (x0 + left * sx, y0 + top * sy, x0 + right * sx, y0 + bottom * sy)
-        patch = np.asarray(
-            plane.resize((right - left, bottom - top), Image.Resampling.BILINEAR, region)
-        )
-        binary = patch > 0
+        binary = _resize_plane(logits[k], (right - left, bottom - top), region) > 0
         if not binary.any():
             continue  # a box without mask pixels is no instance (Ultralytics drops it too)
         rle = rle_encode_region(binary, top, left, geo.orig_h, geo.orig_w)

@@ -201,7 +201,7 @@ def instances_from_maskrcnn(
     out: list[Instance] = []
     for row, i in enumerate(keep):
         plane = masks[i, 0] if masks.ndim == 4 else masks[i]
-        plane = np.asarray(plane[: geo.input_h, : geo.input_w], dtype=np.float32)
+        plane = plane[: geo.input_h, : geo.input_w]
         x1, y1, x2, y2 = (float(v) for v in orig_boxes[row])
         top, left, patch = _resized_region(plane, geo.orig_w, geo.orig_h)
         rle = rle_encode_region(patch >= 0.5, top, left, geo.orig_h, geo.orig_w)

@@ -119,10 +119,10 @@ def test_maskrcnn_instances_equal_resizing_the_whole_mask(
     (w, h), (in_w, in_h) = orig, model
     n = 6
     masks = np.zeros((n, 1, in_h + 3, in_w + 5), np.float32)  # the graph pads; the crop drops it
+    yy, xx = np.mgrid[: in_h + 3, : in_w + 5]
     for k in range(n):
         cx, cy = rng.uniform(0, in_w), rng.uniform(0, in_h)
         rx, ry = rng.uniform(1, in_w / 3), rng.uniform(1, in_h / 3)
-        yy, xx = np.mgrid[: in_h + 3, : in_w + 5]
         masks[k, 0] = np.clip(1.2 - ((xx - cx) / rx) ** 2 - ((yy - cy) / ry) ** 2, 0, 1)
     masks[-1] = 0.4  # never reaches 0.5: an empty mask
     boxes = np.tile(np.array([[0, 0, in_w, in_h]], np.float32), (n, 1))

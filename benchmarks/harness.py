@@ -1,0 +1,121 @@
+"""The benchmark's processes: starting a server, driving it with the load generator, and reading
+its CPU time and RSS from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(
+    cmd: list[str], env: dict[str, str], port: int, ready_path: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+            try:
+                if httpx.get(url + ready_path, timeout=1).status_code in (200, 405):
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_measured(
+    url: str, bodies: list[str], concurrency: int, duration_s: float, pid: int
+) -> dict[str, Any]:
+    """One load run, plus the server's CPU time per request: all threads, and the event loop
+    (the main thread) alone."""
+    before, loop_before = cpu_s(pid), cpu_s(pid, pid)
+    result = load(url, bodies, concurrency, duration_s)
+    done = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = (cpu_s(pid) - before) * 1000.0 / done
+    result["loop_cpu_ms_per_request"] = (cpu_s(pid, pid) - loop_before) * 1000.0 / done
+    return result
+
+
+def load_median(
+    url: str, bodies: list[str], concurrency: int, duration_s: float, repeat: int, pid: int
+) -> dict[str, Any]:
+    """``repeat`` runs of ``duration_s / repeat``; the run with the median throughput, plus
+    every run's throughput (``runs_rps``), so one slow moment of the host is visible, not
+    decisive."""
+    runs = [
+        load_measured(url, bodies, concurrency, duration_s / repeat, pid) for _ in range(repeat)
+    ]
+    runs.sort(key=lambda r: r["throughput_rps"])
+    chosen = dict(runs[len(runs) // 2])
+    chosen["runs_rps"] = [r["throughput_rps"] for r in runs]
+    return chosen
+
+
+def load(url: str, bodies: list[str], concurrency: int, duration_s: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(bodies, f)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        "--url",
+        url,
+        "--bodies",
+        f.name,
+        "--concurrency",
+        str(concurrency),
+        "--duration-s",
+        str(duration_s),
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    os.unlink(f.name)
+    return json.loads(out.stdout)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")

@@ -210,6 +210,9 @@ def test_letterboxed_decoding_agrees_with_ultralytics_ops(
         assert inst.score == pytest.approx(row[4], abs=1e-5)
         assert list(inst.box) == pytest.approx(row[:4], abs=1.0)
         ious.append(_iou(rle_decode(inst.rle), want))
+    print(
+        f"{width}×{height}: {len(ious)} instances, mask IoU min {min(ious):.3f} mean {np.mean(ious):.3f}"
+    )
     assert min(ious) >= min_iou, ious
     assert float(np.mean(ious)) >= min_mean_iou, ious
 

@@ -78,17 +78,11 @@ def load_measured(
     return result
 
 
-def load_median(
-    url: str, bodies: list[str], concurrency: int, duration_s: float, repeat: int, pid: int
-) -> dict[str, Any]:
-    """``repeat`` runs of ``duration_s / repeat``; the run with the median throughput, plus
-    every run's throughput (``runs_rps``), so one slow moment of the host is visible, not
-    decisive."""
-    runs = [
-        load_measured(url, bodies, concurrency, duration_s / repeat, pid) for _ in range(repeat)
-    ]
-    runs.sort(key=lambda r: r["throughput_rps"])
-    chosen = dict(runs[len(runs) // 2])
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput, plus every run's throughput (``runs_rps``), so one
+    slow moment of the host is visible, not decisive."""
+    ordered = sorted(runs, key=lambda r: r["throughput_rps"])
+    chosen = dict(ordered[len(ordered) // 2])
     chosen["runs_rps"] = [r["throughput_rps"] for r in runs]
     return chosen
 
@@ -111,7 +105,8 @@ def load(url: str, bodies: list[str], concurrency: int, duration_s: float) -> di
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     os.unlink(f.name)
-    return json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def rss_mb(pid: int) -> float:

@@ -16,13 +16,19 @@ import argparse
 import asyncio
 import json
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 
 async def _worker(
-    host: str, port: int, requests: list[bytes], offset: int, stop_at: float, out: dict[str, list]
+    host: str,
+    port: int,
+    requests: list[bytes],
+    offset: int,
+    stop_at: float,
+    out: dict[str, list[Any]],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
@@ -61,7 +67,7 @@ async def _worker(
 
 async def run(
     url: str, bodies: list[bytes], content_type: str, concurrency: int, duration_s: float
-) -> dict:
+) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     requests = [
@@ -72,7 +78,7 @@ async def run(
         + body
         for body in bodies
     ]
-    out: dict[str, list] = {"latency": [], "errors": [], "batch": []}
+    out: dict[str, list[Any]] = {"latency": [], "errors": [], "batch": []}
     started = time.perf_counter()
     stop_at = started + duration_s
     await asyncio.gather(

@@ -53,7 +53,7 @@ def create_naive_app(folder: Path) -> FastAPI:
 
         @app.post(f"/{config.task}")
         def vision(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
-            results = []
+            results: list[Any] = []
             for item in body["images"]:
                 feeds, geo = image.preprocess(base64.b64decode(item))
                 out = run(feeds)

@@ -16,7 +16,9 @@ def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
     for sc in chosen:
         entry = report["scenarios"][sc.name]
         lim = entry["limit"]
-        for served, naive in zip(entry["served"], entry["naive"], strict=True):
+        for served, naive, ratios in zip(
+            entry["served"], entry["naive"], entry["ratios"], strict=True
+        ):
             s_items = served["throughput_rps"] * sc.items_per_request
             n_items = naive["throughput_rps"] * sc.items_per_request
             lines.append(
@@ -25,17 +27,29 @@ def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
                 f"{sum(served['errors'].values())} | {served['mean_batch_size'] or 0:.1f} | "
                 f"{served['cpu_ms_per_request']:.1f} ({served['loop_cpu_ms_per_request']:.1f}) | "
                 f"{n_items:.0f} | {naive['p50_ms']:.1f} | {naive['cpu_ms_per_request']:.1f} | "
-                f"{s_items / lim['items_per_s']:.2f} | {s_items / max(n_items, 1e-9):.2f} |"
+                f"{ratios['served_over_limit']['median']:.2f} | "
+                f"{ratios['served_over_naive']['median']:.2f} |"
             )
         lines.append(
             f"|  | single-item model latency {lim['single_item_ms']:.2f} ms; the limit's CPU "
             f"{lim['cpu_ms_per_item']:.2f} ms/item; decode or tokenize "
             f"{lim['prepare_cpu_ms_per_item']:.2f} ms/item |  |  |  |  |  |  |  |  |  |  |  |  |  |"
         )
+    if "int8_over_fp32" in report:
+        lines.append("")
+        lines.append(
+            "int8 / fp32 served (embed, median of per-round ratios): "
+            + ", ".join(f"c={r['concurrency']} {r['median']:.2f}" for r in report["int8_over_fp32"])
+        )
     if "memory" in report:
         m = report["memory"]
         lines.append("")
-        lines.append("memory: " + ", ".join(f"{k} = {v:.1f}" for k, v in m.items()))
+        lines.append(
+            f"memory: server RSS {m['rss_loaded_mb']:.1f} MB with the models loaded, "
+            f"{m['rss_after_first_mb']:.1f} MB after {m['requests_first']} requests, "
+            f"{m['rss_after_total_mb']:.1f} MB after {m['requests_total']} "
+            f"({m['growth_pct']:+.2f} %)"
+        )
     return "\n".join(lines)
 
 

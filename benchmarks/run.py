@@ -9,10 +9,14 @@ For each scenario (model + request shape), in one run on one machine:
 Then memory: server RSS with all models loaded, after 1,000 and after 20,000 requests.
 
     python -m benchmarks.run [--models models] [--duration-s 8] [--concurrency 1,8,32,64]
-                             [--repeat 3]
+                             [--repeat 3] [--only embed,classify] [--memory-requests 20000]
 
-Each measurement is split into ``--repeat`` runs and the median is reported (all runs are in the
-JSON): on a shared host a slow moment then spoils one run, not the table.
+The measurements are interleaved in ``--repeat`` rounds: each round measures every scenario's
+limit, then ortserve and the naive server at each concurrency, alternating which goes first. A
+ratio is taken within a round, from measurements seconds apart, and the median over rounds is
+reported; the throughput and latency shown are those of the median run. A shared host's speed
+drifts by tens of percent over minutes, which made ratios of measurements taken minutes apart
+meaningless; within a round the drift mostly cancels. Every run is in the JSON.
 
 Prints one table and writes JSON (+ a PNG plot when matplotlib is installed) under results/.
 """
@@ -24,114 +28,129 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from benchmarks.harness import ROOT, free_port, load_median, rss_mb, server
+from benchmarks.harness import ROOT, free_port, load_measured, median_run, rss_mb, server
 from benchmarks.report import plot, render
 from benchmarks.scenarios import Scenario, scenarios
 from service.runtime.model_config import load_model_config
 from service.runtime.session import CPU, OrtSession
-from service.tasks.base import stack_feeds
+from service.tasks.base import Feeds, stack_feeds
 from service.tasks.embedding import TextEncoder, pad_feeds
 from service.tasks.imaging import ImageProcessor
 
 
 # -- the limit ------------------------------------------------------------------------------------
-def limit(
-    models: Path, scenario: Scenario, seconds: float = 3.0, repeat: int = 1
-) -> dict[str, Any]:
-    folder = models / scenario.model
-    config, _ = load_model_config(folder)
-    session = OrtSession(folder / config.model_file, providers=[CPU])
-    prepare: Any
-    if config.image is not None:
-        proc = ImageProcessor(config.image, config.inputs[0].name, max_pixels=10**9)
-        prepare = lambda sample: [proc.preprocess(sample)[0]]  # noqa: E731
-        collate = stack_feeds
-    else:
-        assert config.text is not None
-        enc = TextEncoder(
-            folder / config.text.tokenizer,
-            max_length=config.text.max_length,
-            input_names=[i.name for i in config.inputs],
+class Limit:
+    """ONNX Runtime alone on one scenario's model: set up once, measured once per round."""
+
+    def __init__(self, models: Path, scenario: Scenario) -> None:
+        folder = models / scenario.model
+        config, _ = load_model_config(folder)
+        self.session = OrtSession(folder / config.model_file, providers=[CPU])
+        prepare: Any
+        collate: Any
+        if config.image is not None:
+            proc = ImageProcessor(config.image, config.inputs[0].name, max_pixels=10**9)
+            prepare = lambda sample: [proc.preprocess(sample)[0]]  # noqa: E731
+            collate = stack_feeds
+        else:
+            assert config.text is not None
+            enc = TextEncoder(
+                folder / config.text.tokenizer,
+                max_length=config.text.max_length,
+                input_names=[i.name for i in config.inputs],
+            )
+            prepare = lambda sample: [f for f, _ in enc.encode([sample], truncate=True)]  # noqa: E731
+            pad = config.text.pad_token_id
+            collate = lambda xs: pad_feeds(xs, pad)  # noqa: E731
+        items: list[Feeds] = [feeds for sample in scenario.samples for feeds in prepare(sample)]
+        # the server's own per-item work that the limit skips: decode + resize, or tokenize
+        n, started = 0, time.process_time()
+        while n < len(items) or time.process_time() - started < 0.5:
+            prepare(scenario.samples[n % len(scenario.samples)])
+            n += 1
+        self.prepare_ms = (time.process_time() - started) * 1000.0 / n
+        sizes = (
+            [1]
+            if not config.batched
+            else [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= config.batching.max_batch_size]
         )
-        prepare = lambda sample: [f for f, _ in enc.encode([sample], truncate=True)]  # noqa: E731
-        pad = config.text.pad_token_id
-        collate = lambda xs: pad_feeds(xs, pad)  # noqa: E731
-    items = [feeds for sample in scenario.samples for feeds in prepare(sample)]
-    # the server's own per-item work that the limit skips: decode + resize, or tokenize
-    n, started = 0, time.process_time()
-    while n < len(items) or time.process_time() - started < 0.5:
-        prepare(scenario.samples[n % len(scenario.samples)])
-        n += 1
-    prepare_ms = (time.process_time() - started) * 1000.0 / n
-    sizes = (
-        [1]
-        if not config.batched
-        else [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= config.batching.max_batch_size]
-    )
-    rates: dict[int, list[float]] = {size: [] for size in sizes}
-    cpu_ms: dict[int, list[float]] = {size: [] for size in sizes}
-    single: list[float] = []
-    # rounds over all batch sizes, medians per size: a slow moment of a shared host then
-    # spoils one sample, not one batch size
-    for _ in range(repeat):
-        for size in sizes:
-            batches = [
-                collate([items[(i + k) % len(items)] for k in range(size)]) for i in range(8)
-            ]
-            session.run(batches[0])
+        self.batches = {
+            size: [collate([items[(i + k) % len(items)] for k in range(size)]) for i in range(8)]
+            for size in sizes
+        }
+
+    def measure(self, seconds: float) -> dict[str, Any]:
+        """One round: items/s and ORT CPU ms per item at each batch size, ``seconds`` each."""
+        rates: dict[int, float] = {}
+        cpu_ms: dict[int, float] = {}
+        single_ms = 0.0
+        for size, batches in self.batches.items():
+            self.session.run(batches[0])
             n, started, cpu_started = 0, time.perf_counter(), time.process_time()
-            while time.perf_counter() - started < seconds / repeat:
-                session.run(batches[n % len(batches)])
+            while time.perf_counter() - started < seconds:
+                self.session.run(batches[n % len(batches)])
                 n += 1
             elapsed = time.perf_counter() - started
-            rates[size].append(n * size / elapsed)
-            cpu_ms[size].append((time.process_time() - cpu_started) * 1000.0 / (n * size))
+            rates[size] = n * size / elapsed
+            cpu_ms[size] = (time.process_time() - cpu_started) * 1000.0 / (n * size)
             if size == 1:
-                single.append(elapsed / n * 1000.0)
-    by_size = {size: float(np.median(r)) for size, r in rates.items()}
-    single_ms = float(np.median(single)) if single else 0.0
-    best = max(by_size, key=lambda k: by_size[k])
-    return {
-        "items_per_s": by_size[best],
-        "best_batch": best,
-        "by_batch": by_size,
-        "single_item_ms": single_ms,
-        # CPU time of all ORT threads per item at the best batch: what an item costs the cores
-        "cpu_ms_per_item": float(np.median(cpu_ms[best])),
-        "prepare_cpu_ms_per_item": prepare_ms,
-    }
+                single_ms = elapsed / n * 1000.0
+        return {"by_batch": rates, "cpu_ms": cpu_ms, "single_item_ms": single_ms}
+
+    def summary(self, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+        by_size = {
+            size: float(np.median([r["by_batch"][size] for r in rounds])) for size in self.batches
+        }
+        best = max(by_size, key=lambda k: by_size[k])
+        return {
+            "items_per_s": by_size[best],
+            "best_batch": best,
+            "by_batch": by_size,
+            "single_item_ms": float(np.median([r["single_item_ms"] for r in rounds])),
+            # CPU time of all ORT threads per item at the best batch: what an item costs the cores
+            "cpu_ms_per_item": float(np.median([r["cpu_ms"][best] for r in rounds])),
+            "prepare_cpu_ms_per_item": self.prepare_ms,
+            "rounds": rounds,
+        }
 
 
 # -- servers and load -----------------------------------------------------------------------------
 def memory_check(
     url: str, pid: int, all_scenarios: list[Scenario], total: int = 20_000
 ) -> dict[str, float]:
+    """RSS with the models loaded, after the first 1,000 requests (or half of ``total``, if
+    fewer) of mixed traffic, and after ``total``."""
+    first = min(1000, total // 2)
     loaded = rss_mb(pid)
-    bodies = [
-        s.bodies[0] for s in all_scenarios if s.name in ("classify", "embed", "detect", "segment")
-    ]
-    paths = [s.path for s in all_scenarios if s.name in ("classify", "embed", "detect", "segment")]
-    done, after_1k = 0, float("nan")
+    mixed = [s for s in all_scenarios if s.name in ("classify", "embed", "detect", "segment")]
+    rss_first = float("nan")
     with httpx.Client(base_url=url, timeout=60) as client:
-        while done < total:
-            i = done % len(bodies)
-            client.post(paths[i], content=bodies[i], headers={"content-type": "application/json"})
-            done += 1
-            if done == 1000:
-                after_1k = rss_mb(pid)
-    after_all = rss_mb(pid)
+        for done in range(1, total + 1):
+            sc = mixed[done % len(mixed)]
+            client.post(sc.path, content=sc.bodies[0], headers={"content-type": "application/json"})
+            if done == first:
+                rss_first = rss_mb(pid)
+    rss_total = rss_mb(pid)
     return {
         "rss_loaded_mb": loaded,
-        "rss_after_1k_mb": after_1k,
-        f"rss_after_{total // 1000}k_mb": after_all,
-        "growth_pct": (after_all - after_1k) / after_1k * 100.0,
+        "requests_first": first,
+        "rss_after_first_mb": rss_first,
+        "requests_total": total,
+        "rss_after_total_mb": rss_total,
+        "growth_pct": (rss_total - rss_first) / rss_first * 100.0,
     }
+
+
+def _ratios(served: list[float], other: list[float]) -> dict[str, Any]:
+    per_round = [a / b if b > 0 else float("nan") for a, b in zip(served, other, strict=True)]
+    return {"median": float(np.median(per_round)), "rounds": per_round}
 
 
 def main() -> None:
@@ -140,12 +159,18 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument(
+        "--limit-s",
+        type=float,
+        default=3.0,
+        help="the limit's measuring time per batch size, split over the rounds",
+    )
     parser.add_argument("--memory-requests", type=int, default=20_000)
     parser.add_argument(
         "--repeat",
         type=int,
         default=3,
-        help="split each measurement into this many runs and report the median",
+        help="interleaved rounds: each load point's --duration-s is split over them",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
@@ -161,50 +186,77 @@ def main() -> None:
         "load_generator": "benchmarks.loadgen (asyncio, keep-alive, 1 process)",
         "repeat": args.repeat,
     }
-    for sc in chosen:
-        print(f"[limit] {sc.name} ({sc.model})", flush=True)
-        report["scenarios"][sc.name] = {
-            "model": sc.model,
-            "limit": limit(args.models, sc, repeat=args.repeat),
-            "served": [],
-            "naive": [],
-        }
-    port = free_port()
-    env = {
-        "ORTSERVE_MODEL_REPOSITORY": str(args.models),
-        "ORTSERVE_PORT": str(port),
-        "ORTSERVE_HOST": "127.0.0.1",
-        "ORTSERVE_LOG_LEVEL": "warning",
+    limits = {sc.name: Limit(args.models, sc) for sc in chosen}
+    limit_rounds: dict[str, list[dict[str, Any]]] = {sc.name: [] for sc in chosen}
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {
+        (sc.name, kind, c): [] for sc in chosen for kind in ("served", "naive") for c in levels
     }
-    with server([sys.executable, "-m", "service"], env, port, "/health/ready") as (url, proc):
+    with ExitStack() as stack:
+        port = free_port()
+        env = {
+            "ORTSERVE_MODEL_REPOSITORY": str(args.models),
+            "ORTSERVE_PORT": str(port),
+            "ORTSERVE_HOST": "127.0.0.1",
+            "ORTSERVE_LOG_LEVEL": "warning",
+        }
+        ortserve = stack.enter_context(
+            server([sys.executable, "-m", "service"], env, port, "/health/ready")
+        )
+        naive: dict[str, tuple[str, Any]] = {}  # one naive server per model, all up at once
         for sc in chosen:
-            for c in levels:
-                print(f"[ortserve] {sc.name} c={c}", flush=True)
-                report["scenarios"][sc.name]["served"].append(
-                    load_median(url + sc.path, sc.bodies, c, args.duration_s, args.repeat, proc.pid)
-                )
+            if sc.model not in naive:
+                naive_port = free_port()
+                cmd = [sys.executable, "-m", "benchmarks.naive", "--model-dir"]
+                cmd += [str(args.models / sc.model), "--port", str(naive_port)]
+                naive[sc.model] = stack.enter_context(server(cmd, {}, naive_port, "/docs"))
+        for r in range(args.repeat):
+            for sc in chosen:
+                print(f"[round {r + 1}/{args.repeat}] {sc.name}", flush=True)
+                limit_rounds[sc.name].append(limits[sc.name].measure(args.limit_s / args.repeat))
+                for i, c in enumerate(levels):
+                    order = ("served", "naive") if (r + i) % 2 == 0 else ("naive", "served")
+                    for kind in order:
+                        url, proc = ortserve if kind == "served" else naive[sc.model]
+                        runs[(sc.name, kind, c)].append(
+                            load_measured(
+                                url + sc.path, sc.bodies, c, args.duration_s / args.repeat, proc.pid
+                            )
+                        )
         if args.memory_requests:
             print(f"[memory] {args.memory_requests} requests", flush=True)
+            url, proc = ortserve
             report["memory"] = memory_check(url, proc.pid, chosen, args.memory_requests)
     for sc in chosen:
-        naive_port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.naive",
-            "--model-dir",
-            str(args.models / sc.model),
-            "--port",
-            str(naive_port),
+        lim = limits[sc.name].summary(limit_rounds[sc.name])
+        best = lim["best_batch"]
+        round_limits = [r["by_batch"][best] for r in limit_rounds[sc.name]]
+        entry: dict[str, Any] = {"model": sc.model, "limit": lim, "served": [], "naive": []}
+        entry["ratios"] = []
+        for c in levels:
+            served_runs, naive_runs = runs[(sc.name, "served", c)], runs[(sc.name, "naive", c)]
+            entry["served"].append(median_run(served_runs))
+            entry["naive"].append(median_run(naive_runs))
+            served_items = [x["throughput_rps"] * sc.items_per_request for x in served_runs]
+            naive_items = [x["throughput_rps"] * sc.items_per_request for x in naive_runs]
+            entry["ratios"].append(
+                {
+                    "concurrency": c,
+                    "served_over_limit": _ratios(served_items, round_limits),
+                    "served_over_naive": _ratios(served_items, naive_items),
+                }
+            )
+        report["scenarios"][sc.name] = entry
+    if "embed" in limits and "embed-int8" in limits:
+        report["int8_over_fp32"] = [
+            {
+                "concurrency": c,
+                **_ratios(
+                    [x["throughput_rps"] for x in runs[("embed-int8", "served", c)]],
+                    [x["throughput_rps"] for x in runs[("embed", "served", c)]],
+                ),
+            }
+            for c in levels
         ]
-        with server(cmd, {}, naive_port, "/docs") as (url, naive_proc):
-            for c in levels:
-                print(f"[naive] {sc.name} c={c}", flush=True)
-                report["scenarios"][sc.name]["naive"].append(
-                    load_median(
-                        url + sc.path, sc.bodies, c, args.duration_s, args.repeat, naive_proc.pid
-                    )
-                )
     table = render(report, chosen)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

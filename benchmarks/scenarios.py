@@ -64,7 +64,8 @@ class Scenario:
 def photo_jpeg(w: int = 640, h: int = 480) -> bytes:
     from skimage import data  # test images shipped with scikit-image
 
-    img = Image.fromarray(data.coffee()).resize((w, h), Image.Resampling.BILINEAR)
+    coffee = data.coffee()  # type: ignore[no-untyped-call]
+    img = Image.fromarray(coffee).resize((w, h), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()

@@ -46,6 +46,7 @@ def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
         lines.append("")
         lines.append(
             f"memory: server RSS {m['rss_loaded_mb']:.1f} MB with the models loaded, "
+            f"{m['rss_after_load_mb']:.1f} MB after the load above, "
             f"{m['rss_after_first_mb']:.1f} MB after {m['requests_first']} requests, "
             f"{m['rss_after_total_mb']:.1f} MB after {m['requests_total']} "
             f"({m['growth_pct']:+.2f} %)"

@@ -125,10 +125,10 @@ class Limit:
 def memory_check(
     url: str, pid: int, all_scenarios: list[Scenario], total: int = 20_000
 ) -> dict[str, float]:
-    """RSS with the models loaded, after the first 1,000 requests (or half of ``total``, if
-    fewer) of mixed traffic, and after ``total``."""
+    """RSS now (after the benchmark's load), then after the first 1,000 requests (or half of
+    ``total``, if fewer) of mixed traffic, and after ``total``."""
     first = min(1000, total // 2)
-    loaded = rss_mb(pid)
+    before = rss_mb(pid)
     mixed = [s for s in all_scenarios if s.name in ("classify", "embed", "detect", "segment")]
     rss_first = float("nan")
     with httpx.Client(base_url=url, timeout=60) as client:
@@ -139,7 +139,7 @@ def memory_check(
                 rss_first = rss_mb(pid)
     rss_total = rss_mb(pid)
     return {
-        "rss_loaded_mb": loaded,
+        "rss_after_load_mb": before,
         "requests_first": first,
         "rss_after_first_mb": rss_first,
         "requests_total": total,
@@ -202,6 +202,7 @@ def main() -> None:
         ortserve = stack.enter_context(
             server([sys.executable, "-m", "service"], env, port, "/health/ready")
         )
+        rss_loaded = rss_mb(ortserve[1].pid)  # every model loaded and warmed up, no traffic yet
         naive: dict[str, tuple[str, Any]] = {}  # one naive server per model, all up at once
         for sc in chosen:
             if sc.model not in naive:
@@ -225,7 +226,10 @@ def main() -> None:
         if args.memory_requests:
             print(f"[memory] {args.memory_requests} requests", flush=True)
             url, proc = ortserve
-            report["memory"] = memory_check(url, proc.pid, chosen, args.memory_requests)
+            report["memory"] = {
+                "rss_loaded_mb": rss_loaded,
+                **memory_check(url, proc.pid, chosen, args.memory_requests),
+            }
     for sc in chosen:
         lim = limits[sc.name].summary(limit_rounds[sc.name])
         best = lim["best_batch"]

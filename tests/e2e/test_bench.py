@@ -52,4 +52,5 @@ def test_bench_interleaves_rounds_and_reports_ratios_per_round(tmp_path: Path) -
                 assert ratios[key]["median"] > 0
     memory = report["memory"]
     assert memory["requests_first"] == 20 and memory["requests_total"] == 40
-    assert memory["rss_loaded_mb"] > 0 and memory["rss_after_total_mb"] > 0
+    assert memory["rss_loaded_mb"] > 0 and memory["rss_after_load_mb"] > 0
+    assert memory["rss_after_total_mb"] > 0

@@ -6,7 +6,8 @@ For each scenario (model + request shape), in one run on one machine:
 2. ortserve (``python -m service``) under closed-loop HTTP load from a separate load-generator
    process (``benchmarks.loadgen``) at several concurrencies;
 3. the naive baseline (``benchmarks.naive``: ``session.run`` per request, no batcher), same load.
-Then memory: server RSS with all models loaded, after 1,000 and after 20,000 requests.
+Then memory: server RSS right after startup (models loaded, no traffic), after the load above,
+and after 1,000 and after 20,000 more mixed requests.
 
     python -m benchmarks.run [--models models] [--duration-s 8] [--concurrency 1,8,32,64]
                              [--repeat 3] [--only embed,classify] [--memory-requests 20000]

@@ -219,6 +219,7 @@ class ModelRegistry:
                 intra_op_threads=self.settings.intra_op_threads,
                 allow_spinning=self.settings.ort_allow_spinning,
                 spin_between_runs=self.settings.ort_spin_between_runs,
+                cpu_arena=self.settings.ort_cpu_arena,
             )
         except SessionError as exc:
             raise SessionError(f"model {served.name!r}: {exc}") from exc

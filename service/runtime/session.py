@@ -82,6 +82,7 @@ class OrtSession:
         intra_op_threads: int = 0,
         allow_spinning: bool = True,
         spin_between_runs: bool = False,
+        cpu_arena: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -89,6 +90,9 @@ class OrtSession:
         options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # the arena keeps every buffer it has handed out for reuse: faster runs, but RSS grows
+        # to the largest batch served and stays there
+        options.enable_cpu_mem_arena = cpu_arena
         # ORT's pool threads spin while waiting for work: lower latency per run, but CPU the
         # event loop and the preprocessing pool could use; measured both ways in benchmarks/
         options.add_session_config_entry(

@@ -109,3 +109,26 @@ def test_a_yolo_seg_config_counts_classes_without_the_mask_coefficients(
     with pytest.raises(ConfigError, match="model 'seg'") as info:
         ModelRegistry(Settings(model_repository=tmp_path)).load()
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("arena", [True, False])
+def test_the_cpu_arena_setting_reaches_every_session_and_leaves_outputs_unchanged(
+    tmp_path, arena: bool
+) -> None:
+    import numpy as np
+
+    from service.runtime.session import CPU, OrtSession
+
+    repo = repo_with(tmp_path)
+    registry = ModelRegistry(Settings(model_repository=repo, ort_cpu_arena=arena))
+    registry.load()
+    served = registry.models["clf"]
+    assert served.session is not None
+    assert served.session._session.get_session_options().enable_cpu_mem_arena is arena
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    name = served.session.inputs[0].name
+    reference = OrtSession(repo / "clf" / "model.onnx", providers=[CPU], cpu_arena=not arena)
+    got, want = served.session.run({name: x}), reference.run({name: x})
+    assert got.keys() == want.keys()
+    for key in got:
+        np.testing.assert_array_equal(got[key], want[key])

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         default=True,
         description=(
             "ONNX Runtime's CPU memory arena. Off: 300-430 MB less RSS with the default models, "
-            "but image models lose up to 30 % throughput (each run allocates its buffers anew)."
+            "but image models lose up to 31 % throughput (each run allocates its buffers anew)."
         ),
     )
     preprocess_threads: int = Field(

@@ -35,7 +35,7 @@ lint: install
 	$(PY) -m mypy
 
 bench: models
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run --models $(MODELS)
 
 # Mixed traffic (good and hostile) against the default repository; fails on any 5xx or on
 # memory growth after the warm-up. SOAK_S=3600 for a long run. The 2-minute warm-up lets ONNX

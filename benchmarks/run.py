@@ -175,6 +175,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
+    args.models = args.models.resolve()  # the servers run with the repository root as cwd
     levels = [int(c) for c in args.concurrency.split(",")]
     chosen = scenarios(args.models)
     if args.only:

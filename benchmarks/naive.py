@@ -69,12 +69,7 @@ def create_naive_app(folder: Path) -> FastAPI:
             return {"results": results}
 
     else:
-        assert config.text is not None
-        encoder = TextEncoder(
-            folder / config.text.tokenizer,
-            max_length=config.text.max_length,
-            input_names=[i.name for i in config.inputs],
-        )
+        encoder = TextEncoder.for_model(folder, config)
 
         @app.post("/embed")
         def embed(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008

@@ -62,11 +62,7 @@ class Limit:
             collate = stack_feeds
         else:
             assert config.text is not None
-            enc = TextEncoder(
-                folder / config.text.tokenizer,
-                max_length=config.text.max_length,
-                input_names=[i.name for i in config.inputs],
-            )
+            enc = TextEncoder.for_model(folder, config)
             prepare = lambda sample: [f for f, _ in enc.encode([sample], truncate=True)]  # noqa: E731
             pad = config.text.pad_token_id
             collate = lambda xs: pad_feeds(xs, pad)  # noqa: E731

@@ -246,11 +246,7 @@ class ModelRegistry:
                     f"model {served.name!r}: text.tokenizer {config.text.tokenizer!r} not found"
                 )
             try:
-                served.text = TextEncoder(
-                    tokenizer,
-                    max_length=config.text.max_length,
-                    input_names=[i.name for i in config.inputs],
-                )
+                served.text = TextEncoder.for_model(served.folder, config)
             except Exception as exc:  # tokenizers raises plain Exception on a bad file
                 raise ConfigError(
                     f"model {served.name!r}: text.tokenizer cannot be loaded: {exc}"

@@ -11,6 +11,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from service.errors import ValidationFailedError
+from service.runtime.model_config import ModelConfig
 from service.tasks.base import Feeds
 
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
@@ -34,6 +35,16 @@ class TextEncoder:
         self.max_length = max_length
         self.vocab_size = base.get_vocab_size(with_added_tokens=True)
         self.input_names = tuple(input_names)
+
+    @classmethod
+    def for_model(cls, folder: Path, config: ModelConfig) -> TextEncoder:
+        """The encoder a text model's config describes: its tokenizer file, length and inputs."""
+        assert config.text is not None
+        return cls(
+            folder / config.text.tokenizer,
+            max_length=config.text.max_length,
+            input_names=[i.name for i in config.inputs],
+        )
 
     def encode(self, texts: Sequence[str], *, truncate: bool) -> list[tuple[Feeds, TextMeta]]:
         encodings = self._tokenizer.encode_batch(list(texts))

@@ -83,7 +83,8 @@ def decode_image(
                 need_w, need_h = (min_size[1], min_size[0]) if swap else min_size
                 img.draft("RGB", (need_w, need_h))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            # in place: otherwise Pillow copies the whole image even when nothing turns
+            ImageOps.exif_transpose(img, in_place=True)
             img = _to_rgb(img)
     except (InvalidImageError, PayloadTooLargeError):
         raise

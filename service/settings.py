@@ -36,11 +36,12 @@ class Settings(BaseSettings):
             "run (same latency) but then block, leaving the cores to decoding and HTTP."
         ),
     )
-    ort_cpu_arena: bool = Field(
-        default=True,
+    ort_cpu_arena: Literal["shared", "per-model", "off"] = Field(
+        default="shared",
         description=(
-            "ONNX Runtime's CPU memory arena. Off: 300-430 MB less RSS with the default models, "
-            "but image models lose up to 31 % throughput (each run allocates its buffers anew)."
+            "ONNX Runtime's CPU memory arena. shared: one for all models; per-model: one each "
+            "(200-400 MB more RSS with the default models); off: no arena (as little RSS as "
+            "shared after load, less at startup, but image models lose up to 31 % throughput)."
         ),
     )
     preprocess_threads: int = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 ProviderChoice = Literal["auto", "cpu", "cuda"]
+CpuArena = Literal["shared", "per-model", "off"]
 
 # ONNX Runtime type strings → numpy dtype names used in model configs
 ORT_DTYPES: dict[str, str] = {
@@ -48,6 +50,25 @@ class IOSpec:
     def dims(self) -> list[int]:
         """Shape with every non-fixed axis as -1."""
         return [d if isinstance(d, int) and d >= 0 else -1 for d in self.shape]
+
+
+_shared_arena_lock = threading.Lock()
+_shared_arena_registered = False
+
+
+def _register_shared_cpu_arena() -> None:
+    """Register one CPU arena in ONNX Runtime's process-wide environment, once. Sessions that
+    set ``session.use_env_allocators`` then allocate from it instead of each growing its own, so
+    memory one model freed is reused by the next (ORT's default arena settings)."""
+    global _shared_arena_registered
+    with _shared_arena_lock:
+        if _shared_arena_registered:
+            return
+        info = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({}))
+        _shared_arena_registered = True
 
 
 def resolve_providers(choice: ProviderChoice, require_cuda: bool) -> list[str]:
@@ -82,7 +103,7 @@ class OrtSession:
         intra_op_threads: int = 0,
         allow_spinning: bool = True,
         spin_between_runs: bool = False,
-        cpu_arena: bool = True,
+        cpu_arena: CpuArena = "shared",
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -91,8 +112,12 @@ class OrtSession:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # the arena keeps every buffer it has handed out for reuse: faster runs, but RSS grows
-        # to the largest batch served and stays there
-        options.enable_cpu_mem_arena = cpu_arena
+        # to the largest batch served and stays there; one arena for all models ("shared")
+        # grows only to what the models need at the same time
+        options.enable_cpu_mem_arena = cpu_arena != "off"
+        if cpu_arena == "shared":
+            _register_shared_cpu_arena()
+            options.add_session_config_entry("session.use_env_allocators", "1")
         # ORT's pool threads spin while waiting for work: lower latency per run, but CPU the
         # event loop and the preprocessing pool could use; measured both ways in benchmarks/
         options.add_session_config_entry(

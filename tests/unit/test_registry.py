@@ -8,6 +8,7 @@ import yaml
 
 from service.runtime.model_config import ConfigError
 from service.runtime.registry import ModelRegistry
+from service.runtime.session import CpuArena
 from service.settings import Settings
 from tests.support import tiny_models
 
@@ -111,9 +112,9 @@ def test_a_yolo_seg_config_counts_classes_without_the_mask_coefficients(
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("arena", [True, False])
+@pytest.mark.parametrize("arena", ["shared", "per-model", "off"])
 def test_the_cpu_arena_setting_reaches_every_session_and_leaves_outputs_unchanged(
-    tmp_path, arena: bool
+    tmp_path, arena: CpuArena
 ) -> None:
     import numpy as np
 
@@ -124,11 +125,18 @@ def test_the_cpu_arena_setting_reaches_every_session_and_leaves_outputs_unchange
     registry.load()
     served = registry.models["clf"]
     assert served.session is not None
-    assert served.session._session.get_session_options().enable_cpu_mem_arena is arena
+    options = served.session._session.get_session_options()
+    assert options.enable_cpu_mem_arena is (arena != "off")
+    try:
+        env_allocators = options.get_session_config_entry("session.use_env_allocators")
+    except RuntimeError:  # ORT raises for a key that was never set
+        env_allocators = None
+    assert env_allocators == ("1" if arena == "shared" else None)
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     name = served.session.inputs[0].name
-    reference = OrtSession(repo / "clf" / "model.onnx", providers=[CPU], cpu_arena=not arena)
-    got, want = served.session.run({name: x}), reference.run({name: x})
-    assert got.keys() == want.keys()
-    for key in got:
-        np.testing.assert_array_equal(got[key], want[key])
+    for other in ("shared", "per-model", "off"):
+        reference = OrtSession(repo / "clf" / "model.onnx", providers=[CPU], cpu_arena=other)
+        got, want = served.session.run({name: x}), reference.run({name: x})
+        assert got.keys() == want.keys()
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key])

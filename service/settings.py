@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     ort_cpu_arena: Literal["shared", "per-model", "off"] = Field(
         default="shared",
         description=(
-            "ONNX Runtime's CPU memory arena. shared: one for all models; per-model: one each "
+            "ONNX Runtime's CPU memory arena. shared: one for all CPU models (CUDA models keep "
+            "their own); per-model: one each "
             "(200-400 MB more RSS with the default models); off: no arena (as little RSS as "
             "shared after load, less at startup, but image models lose up to 31 % throughput)."
         ),

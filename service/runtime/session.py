@@ -113,9 +113,10 @@ class OrtSession:
         options.log_severity_level = 3
         # the arena keeps every buffer it has handed out for reuse: faster runs, but RSS grows
         # to the largest batch served and stays there; one arena for all models ("shared")
-        # grows only to what the models need at the same time
+        # grows only to what the models need at the same time. CPU sessions only: with CUDA the
+        # device memory is what counts, and env allocators beside the CUDA EP are untested here
         options.enable_cpu_mem_arena = cpu_arena != "off"
-        if cpu_arena == "shared":
+        if cpu_arena == "shared" and CUDA not in providers:
             _register_shared_cpu_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
         # ORT's pool threads spin while waiting for work: lower latency per run, but CPU the

@@ -112,6 +112,23 @@ def test_a_yolo_seg_config_counts_classes_without_the_mask_coefficients(
     assert message in str(info.value)
 
 
+def test_a_session_that_asks_for_cuda_keeps_its_own_cpu_arena(tmp_path) -> None:
+    """The shared arena is for CPU sessions only. Without CUDA in this build, ORT warns and runs
+    the session on the CPU, but what was asked for decides the options."""
+    import warnings
+
+    from service.runtime.session import CPU, CUDA, OrtSession
+
+    repo = repo_with(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDAExecutionProvider is not available"
+        session = OrtSession(repo / "clf" / "model.onnx", providers=[CUDA, CPU])
+    options = session._session.get_session_options()
+    assert options.enable_cpu_mem_arena
+    with pytest.raises(RuntimeError):  # never set
+        options.get_session_config_entry("session.use_env_allocators")
+
+
 @pytest.mark.parametrize("arena", ["shared", "per-model", "off"])
 def test_the_cpu_arena_setting_reaches_every_session_and_leaves_outputs_unchanged(
     tmp_path, arena: CpuArena

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
 from service.runtime.model_config import ConfigError
 from service.runtime.registry import ModelRegistry
-from service.runtime.session import CpuArena
+from service.runtime.session import CPU, CUDA, CpuArena, OrtSession
 from service.settings import Settings
 from tests.support import tiny_models
 
@@ -117,41 +118,40 @@ def test_a_session_that_asks_for_cuda_keeps_its_own_cpu_arena(tmp_path) -> None:
     the session on the CPU, but what was asked for decides the options."""
     import warnings
 
-    from service.runtime.session import CPU, CUDA, OrtSession
-
     repo = repo_with(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDAExecutionProvider is not available"
         session = OrtSession(repo / "clf" / "model.onnx", providers=[CUDA, CPU])
-    options = session._session.get_session_options()
-    assert options.enable_cpu_mem_arena
-    with pytest.raises(RuntimeError):  # never set
-        options.get_session_config_entry("session.use_env_allocators")
+    assert session._session.get_session_options().enable_cpu_mem_arena
+    assert _env_allocators(session) is None
 
 
-@pytest.mark.parametrize("arena", ["shared", "per-model", "off"])
+def _env_allocators(session: OrtSession) -> str | None:
+    """The session's ``session.use_env_allocators`` entry, or None where it was never set."""
+    try:
+        return session._session.get_session_options().get_session_config_entry(
+            "session.use_env_allocators"
+        )
+    except RuntimeError:  # ORT raises for a key that was never set
+        return None
+
+
+@pytest.mark.parametrize("arena", get_args(CpuArena))
 def test_the_cpu_arena_setting_reaches_every_session_and_leaves_outputs_unchanged(
     tmp_path, arena: CpuArena
 ) -> None:
     import numpy as np
-
-    from service.runtime.session import CPU, OrtSession
 
     repo = repo_with(tmp_path)
     registry = ModelRegistry(Settings(model_repository=repo, ort_cpu_arena=arena))
     registry.load()
     served = registry.models["clf"]
     assert served.session is not None
-    options = served.session._session.get_session_options()
-    assert options.enable_cpu_mem_arena is (arena != "off")
-    try:
-        env_allocators = options.get_session_config_entry("session.use_env_allocators")
-    except RuntimeError:  # ORT raises for a key that was never set
-        env_allocators = None
-    assert env_allocators == ("1" if arena == "shared" else None)
+    assert served.session._session.get_session_options().enable_cpu_mem_arena is (arena != "off")
+    assert _env_allocators(served.session) == ("1" if arena == "shared" else None)
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     name = served.session.inputs[0].name
-    for other in ("shared", "per-model", "off"):
+    for other in get_args(CpuArena):
         reference = OrtSession(repo / "clf" / "model.onnx", providers=[CPU], cpu_arena=other)
         got, want = served.session.run({name: x}), reference.run({name: x})
         assert got.keys() == want.keys()

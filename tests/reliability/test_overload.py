@@ -14,7 +14,7 @@ import asyncio
 import base64
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,27 +85,34 @@ def blockers_for(run_s: float) -> int:
     return min(200, int(BUSY_S / max(run_s, 0.005)) + 2)
 
 
-async def _wait_idle(client: httpx.AsyncClient, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
+async def _wait_for_depths(
+    client: httpx.AsyncClient, done: Callable[[dict[str, int]], bool], what: str, poll_s: float
+) -> None:
+    """Poll ``/v1/models`` until ``done(queue depth by model)``; fail after 30 s."""
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         models = (await client.get("/v1/models")).json()["models"]
-        if all(m["batching"]["queue_depth"] == 0 for m in models):
+        if done({m["name"]: m["batching"]["queue_depth"] for m in models}):
             return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the queue never drained")
+        await asyncio.sleep(poll_s)
+    raise AssertionError(what)
+
+
+async def _wait_idle(client: httpx.AsyncClient) -> None:
+    await _wait_for_depths(
+        client, lambda depths: not any(depths.values()), "the queue never drained", 0.05
+    )
 
 
 async def _wait_queued(client: httpx.AsyncClient, model: str, n: int) -> None:
     """Until half of a burst of ``n`` one-at-a-time runs waits in ``model``'s queue: then the
     model stays busy for at least ``BUSY_S / 2`` more, since ``n`` was sized by the fastest run."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        models = (await client.get("/v1/models")).json()["models"]
-        depth = next(m for m in models if m["name"] == model)["batching"]["queue_depth"]
-        if depth >= n // 2:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{model}'s queue never held half of the {n} requests sent")
+    await _wait_for_depths(
+        client,
+        lambda depths: depths[model] >= n // 2,
+        f"{model}'s queue never held half of the {n} requests sent",
+        0.01,
+    )
 
 
 async def _timed_post(

@@ -232,8 +232,13 @@ def main() -> None:
         lim = limits[sc.name].summary(limit_rounds[sc.name])
         best = lim["best_batch"]
         round_limits = [r["by_batch"][best] for r in limit_rounds[sc.name]]
-        entry: dict[str, Any] = {"model": sc.model, "limit": lim, "served": [], "naive": []}
-        entry["ratios"] = []
+        entry: dict[str, Any] = {
+            "model": sc.model,
+            "limit": lim,
+            "served": [],
+            "naive": [],
+            "ratios": [],
+        }
         for c in levels:
             served_runs, naive_runs = runs[(sc.name, "served", c)], runs[(sc.name, "naive", c)]
             entry["served"].append(median_run(served_runs))

@@ -6,6 +6,8 @@ creation are reported, because ONNX Runtime silently drops CUDA when its librari
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -71,6 +73,32 @@ def _register_shared_cpu_arena() -> None:
         _shared_arena_registered = True
 
 
+_cuda_libraries_lock = threading.Lock()
+_cuda_libraries_loaded = False
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the ``nvidia-*`` wheels of ``onnxruntime-gpu[cuda,cudnn]``, once.
+
+    The dynamic loader does not search those wheels' folders, so without this a pip install
+    outside the GPU image (which registers them with ldconfig) fails to load the CUDA provider
+    (``libcublasLt.so.13: cannot open shared object file``) and ONNX Runtime falls back to CPU.
+    ``ort.preload_dlls`` (ONNX Runtime 1.21+) is a no-op in a CPU build; what it cannot load it
+    prints, so that is captured and logged."""
+    global _cuda_libraries_loaded
+    preload = getattr(ort, "preload_dlls", None)
+    with _cuda_libraries_lock:
+        if _cuda_libraries_loaded or preload is None:
+            return
+        _cuda_libraries_loaded = True
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            preload()
+    for line in printed.getvalue().splitlines():
+        if line.strip():
+            log.warning("loading CUDA libraries: %s", line.strip())
+
+
 def resolve_providers(choice: ProviderChoice, require_cuda: bool) -> list[str]:
     available = ort.get_available_providers()
     if choice == "cpu" and not require_cuda:
@@ -129,6 +157,8 @@ class OrtSession:
             # the run it only burns a core the next batch's decoding needs. Measured on 2 cores:
             # CPU per /classify request at concurrency 1 from 15.9 to 12.4 ms, same p50 latency
             options.add_session_config_entry("session.force_spinning_stop", "1")
+        if CUDA in providers:
+            _preload_cuda_libraries()
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types

@@ -126,6 +126,35 @@ def test_a_session_that_asks_for_cuda_keeps_its_own_cpu_arena(tmp_path) -> None:
     assert _env_allocators(session) is None
 
 
+def test_a_cuda_session_first_loads_the_cuda_wheels_once_and_logs_what_failed(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """onnxruntime-gpu[cuda,cudnn] installs CUDA and cuDNN as wheels the dynamic loader does not
+    search; ORT's ``preload_dlls`` loads them and prints what it cannot. It does nothing in this
+    CPU build, so a stand-in records the calls."""
+    import warnings
+
+    from service.runtime import session as session_module
+
+    calls: list[int] = []
+
+    def preload() -> None:
+        calls.append(1)
+        print("Failed to load libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(session_module.ort, "preload_dlls", preload)
+    monkeypatch.setattr(session_module, "_cuda_libraries_loaded", False)
+    model = repo_with(tmp_path) / "clf" / "model.onnx"
+    OrtSession(model, providers=[CPU])
+    assert calls == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDAExecutionProvider is not available"
+        for _ in range(2):
+            OrtSession(model, providers=[CUDA, CPU])
+    assert calls == [1]
+    assert "loading CUDA libraries: Failed to load libcudnn.so.9" in caplog.text
+
+
 def _env_allocators(session: OrtSession) -> str | None:
     """The session's ``session.use_env_allocators`` entry, or None where it was never set."""
     try:

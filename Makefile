@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test lint bench soak clean-models
+.PHONY: install install-dev serve models test lint bench bench-gpu soak clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,28 @@ lint: install
 
 bench: models
 	$(PY) -m benchmarks.run --models $(MODELS)
+
+# The GPU check: ResNet-50 /classify at concurrency 1 and 64, dynamic batching against batch-1
+# serving, the CUDA provider required (benchmarks/batching.py). onnxruntime-gpu cannot share a venv
+# with onnxruntime, so the servers run from their own; the export runs in $(VENV) and downloads
+# torchvision's ImageNet weights (GPU_WEIGHTS=--random-init: the same speed, offline).
+GPU_VENV ?= .venv-gpu
+GPU_MODELS ?= models-gpu
+GPU_WEIGHTS ?= --weights DEFAULT
+GPU_PROVIDERS ?= cuda
+$(GPU_VENV)/.installed: pyproject.toml requirements/serve.txt requirements/gpu.txt
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q --no-deps -r requirements/serve.txt -r requirements/gpu.txt
+	$(GPU_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(GPU_VENV)/bin/python -m pip install -q 'httpx>=0.27' 'scikit-image>=0.24'
+	touch $@
+
+$(GPU_MODELS)/resnet50/model.onnx: | $(VENV)/.installed
+	$(PY) -m export classifier --arch resnet50 $(GPU_WEIGHTS) --max-batch-size 64 --out $(GPU_MODELS)/resnet50
+
+bench-gpu: $(GPU_VENV)/.installed $(GPU_MODELS)/resnet50/model.onnx
+	$(GPU_VENV)/bin/python -m benchmarks.batching --model-dir $(GPU_MODELS)/resnet50 --providers $(GPU_PROVIDERS) --concurrency 1,64
 
 # Mixed traffic (good and hostile) against the default repository; fails on any 5xx or on
 # memory growth after the warm-up. SOAK_S=3600 for a long run. The 2-minute warm-up lets ONNX

@@ -29,20 +29,20 @@ def free_port() -> int:
 
 @contextmanager
 def server(
-    cmd: list[str], env: dict[str, str], port: int, ready_path: str
+    cmd: list[str], env: dict[str, str], port: int, ready_path: str, log: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    """Start a server, wait until ``ready_path`` answers, stop it on exit. Its output goes to
+    ``log`` (quoted when it exits early) or nowhere."""
+    with open(log or os.devnull, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
             if proc.poll() is not None:
-                raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+                tail = log.read_text(errors="replace")[-2000:] if log else ""
+                raise RuntimeError(f"{cmd} exited with {proc.returncode}\n{tail}")
             try:
                 if httpx.get(url + ready_path, timeout=1).status_code in (200, 405):
                     break

@@ -50,10 +50,17 @@ from service.tasks.imaging import ImageProcessor
 class Limit:
     """ONNX Runtime alone on one scenario's model: set up once, measured once per round."""
 
-    def __init__(self, models: Path, scenario: Scenario) -> None:
+    def __init__(
+        self,
+        models: Path,
+        scenario: Scenario,
+        providers: list[str] | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
         folder = models / scenario.model
         config, _ = load_model_config(folder)
-        self.session = OrtSession(folder / config.model_file, providers=[CPU])
+        self.session = OrtSession(folder / config.model_file, providers=providers or [CPU])
+        self.providers = self.session.providers
         prepare: Any
         collate: Any
         if config.image is not None:
@@ -76,7 +83,11 @@ class Limit:
         sizes = (
             [1]
             if not config.batched
-            else [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= config.batching.max_batch_size]
+            else [
+                b
+                for b in (1, 2, 4, 8, 16, 32, 64)
+                if b <= (max_batch_size or config.batching.max_batch_size)
+            ]
         )
         self.batches = {
             size: [collate([items[(i + k) % len(items)] for k in range(size)]) for i in range(8)]

@@ -41,13 +41,15 @@ from service.runtime.session import CUDA, SessionError, resolve_providers
 MODES = ("dynamic", "batch-1")
 
 
-def make_repository(model_dir: Path, root: Path, max_batch_size: int | None) -> dict[str, str]:
-    """Two folders under ``root`` linking ``model_dir``'s files, one per mode; their names."""
+def make_repository(model_dir: Path, root: Path, max_batch_size: int) -> dict[str, str]:
+    """Two folders under ``root`` linking ``model_dir``'s files, one per mode: the dynamic one
+    batching up to ``max_batch_size``, the other one item per run. Returns their names."""
     name = model_dir.name
     names = {"dynamic": name, "batch-1": f"{name}-batch1"}
     raw = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))
     raw.pop("name", None)  # each folder is named after itself
-    sizes = {"dynamic": max_batch_size or raw["batching"]["max_batch_size"], "batch-1": 1}
+    raw.setdefault("batching", {})
+    sizes = {"dynamic": max_batch_size, "batch-1": 1}
     for mode, folder_name in names.items():
         folder = root / folder_name
         folder.mkdir()
@@ -149,7 +151,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ortserve-batching-") as tmp:
         root = Path(tmp) / "models"
         root.mkdir()
-        names = make_repository(model_dir, root, args.max_batch_size)
+        names = make_repository(
+            model_dir, root, args.max_batch_size or config.batching.max_batch_size
+        )
         bodies = {m: [json.dumps({"images": [image], "model": names[m]})] for m in MODES}
         port = free_port()
         env = {

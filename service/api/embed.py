@@ -14,6 +14,7 @@ from service.errors import PayloadTooLargeError, ValidationFailedError
 from service.runtime.batcher import gather_or_cancel
 from service.schemas.common import error_responses
 from service.schemas.embed import EmbedRequest, EmbedResponse, Usage
+from service.tasks.base import Feeds, Outputs
 from service.tasks.embedding import TextMeta, l2_normalise, pool
 
 router = APIRouter(tags=["text"])
@@ -67,15 +68,21 @@ async def embed_texts(
     token_level = served.config.format == "token-embeddings"
     pooling = served.config.text.pooling
 
-    async def one(feeds: dict[str, np.ndarray], meta: TextMeta) -> np.ndarray:
-        outputs = await ctx.infer(served, feeds)
+    def finish(outputs: Outputs, meta: TextMeta) -> np.ndarray:
         vector = outputs[output_name]
         if token_level:
             vector = pool(vector, meta.tokens, pooling)
         vector = vector.astype(np.float32, copy=False)
         return l2_normalise(vector) if normalize else vector
 
-    vectors = await gather_or_cancel([one(feeds, meta) for feeds, meta in encoded])
+    async def one(feeds: Feeds, meta: TextMeta) -> np.ndarray:
+        return finish(await ctx.infer(served, feeds), meta)
+
+    if len(encoded) == 1 and ctx.model_idle(served):
+        [(feeds, meta)] = encoded
+        vectors = [await ctx.run_alone(served, lambda run_one: finish(run_one(feeds), meta))]
+    else:
+        vectors = await gather_or_cancel([one(feeds, meta) for feeds, meta in encoded])
     return Embedded(served.name, vectors, sum(meta.tokens for _, meta in encoded))
 
 

@@ -16,7 +16,10 @@ Outputs = dict[str, np.ndarray]
 
 
 def stack_feeds(items: Sequence[Feeds]) -> Feeds:
-    """Stack same-shaped items along a new batch axis: ``T[...]`` × B → ``T[B,...]``."""
+    """Stack same-shaped items along a new batch axis: ``T[...]`` × B → ``T[B,...]``. One item
+    gets a view with the new axis instead of a copy (an image input is megabytes)."""
+    if len(items) == 1:
+        return {name: value[np.newaxis] for name, value in items[0].items()}
     return {name: np.stack([item[name] for item in items]) for name in items[0]}
 
 

@@ -160,3 +160,117 @@ async def test_stop_finishes_queued_work_then_refuses_new_requests() -> None:
     hold.set()
     await stopping
     assert [t.result().value for t in tasks] == [0, 2, 4, 6, 8]
+
+
+# -- a lone request on an idle model ---------------------------------------------------------------
+def lone_job(value: int, calls: list[str]):
+    """A job as the routes write it: prepare, run a batch of one, finish, on the model thread."""
+
+    def job(run_one):
+        calls.append(threading.current_thread().name)
+        return run_one(value + 1) + 1000
+
+    return job
+
+
+async def test_a_lone_run_prepares_runs_and_finishes_in_one_job_on_the_model_thread() -> None:
+    run = Recorder()
+    batcher = make(run)
+    assert batcher.idle
+    calls: list[str] = []
+    value, timing = await batcher.run_alone(lone_job(20, calls), deadline())
+    assert value == 2 * 21 + 1000
+    assert calls == ["model-m_0"] and run.thread_names == {"model-m_0"}
+    assert run.batches == [[21]]
+    assert (timing.batch_size, timing.queue_ms) == (1, 0.0) and timing.inference_ms > 0
+    assert (batcher.stats.batches, batcher.stats.items, batcher.stats.batch_sizes) == (1, 1, {1: 1})
+    assert batcher.idle
+    await batcher.stop()
+
+
+async def test_a_batch_taken_off_the_queue_keeps_the_model_busy_until_it_has_run() -> None:
+    hold = threading.Event()
+    batcher = make(Recorder(hold))
+    task = asyncio.create_task(batcher.submit(1, deadline()))
+    await asyncio.sleep(0.05)
+    assert batcher.queue_depth == 0 and not batcher.idle
+    hold.set()
+    assert (await task).value == 2
+    assert batcher.idle
+    await batcher.stop()
+
+
+async def test_the_model_is_not_idle_while_a_lone_run_runs_and_runs_never_overlap() -> None:
+    hold = threading.Event()
+    run = Recorder(hold)
+    batcher = make(run)
+    lone = asyncio.create_task(batcher.run_alone(lone_job(0, []), deadline()))
+    await asyncio.sleep(0.05)  # the lone run is held on the model thread
+    assert not batcher.idle
+    queued = [asyncio.create_task(batcher.submit(i, deadline())) for i in (5, 6)]
+    await asyncio.sleep(0.05)
+    assert run.batches == []  # the batch waits for the model thread, it does not run beside
+    hold.set()
+    assert (await lone)[0] == 1002
+    assert [r.value for r in await asyncio.gather(*queued)] == [10, 12]
+    assert run.batches == [[1], [5, 6]]
+    assert batcher.idle
+    await batcher.stop()
+
+
+async def test_a_failing_lone_run_fails_like_a_batch_of_one_and_other_errors_pass_through() -> None:
+    run = Recorder(fail=True)
+    batcher = make(run)
+    with pytest.raises(InferenceFailedError) as info:
+        await batcher.run_alone(lone_job(0, []), deadline())
+    assert "secret" not in str(info.value)
+    assert batcher.stats.failed_batches == 1
+
+    def bad_input(run_one):
+        raise DeadlineExceededError("raised while preparing")  # e.g. a 4xx for a bad image
+
+    with pytest.raises(DeadlineExceededError, match="while preparing"):
+        await batcher.run_alone(bad_input, deadline())
+    assert batcher.stats.failed_batches == 1  # the model did not fail
+    run.fail = False
+    assert (await batcher.run_alone(lone_job(1, []), deadline()))[0] == 1004
+    assert batcher.idle
+    await batcher.stop()
+
+
+async def test_a_lone_run_past_its_deadline_answers_at_the_deadline_and_the_model_stays_busy() -> (
+    None
+):
+    hold = threading.Event()
+    batcher = make(Recorder(hold))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(DeadlineExceededError):
+        await batcher.run_alone(lone_job(0, []), deadline(0.1))
+    assert loop.time() - started < 2.0  # answered at the deadline, not when the run ended
+    assert not batcher.idle  # the run still holds the model thread
+    hold.set()
+    for _ in range(100):
+        if batcher.idle:
+            break
+        await asyncio.sleep(0.01)
+    assert batcher.idle
+    assert batcher.stats.batches == 0  # its result was dropped
+    await batcher.stop()
+    with pytest.raises(NotReadyError):
+        await batcher.run_alone(lone_job(0, []), deadline())
+
+
+async def test_stop_answers_a_lone_run_it_cancelled_before_it_started_with_not_ready() -> None:
+    hold = threading.Event()
+    batcher = make(Recorder(hold))
+    held = asyncio.create_task(batcher.submit(1, deadline()))
+    await asyncio.sleep(0.05)  # a batch holds the model thread
+    lone = asyncio.create_task(batcher.run_alone(lone_job(0, []), deadline()))
+    await asyncio.sleep(0.05)  # the lone job waits behind it
+    threading.Timer(0.3, hold.set).start()  # stop() blocks the loop while the held run ends
+    await batcher.stop(drain_timeout_s=0.1)
+    with pytest.raises(NotReadyError, match="shutting down"):
+        await lone
+    held.cancel()  # its run was cut off by the drain timeout
+    await asyncio.gather(held, return_exceptions=True)

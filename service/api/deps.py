@@ -133,7 +133,8 @@ class RequestContext:
         inline_postprocess: bool = False,
     ) -> list[R]:
         """Each image: decode + resize in the pool → batcher → postprocess in the pool, or on
-        the event loop when it takes microseconds (top-k), where a thread hop costs more."""
+        the event loop when it takes microseconds (top-k), where a thread hop costs more. One
+        image for an idle model: all three in one job on the model thread (``run_alone``)."""
         assert served.image is not None
         image = served.image
         if len(images) == 1 and self.model_idle(served):

@@ -1,7 +1,8 @@
 """The TaskProcessor contract shared by the four tasks.
 
-``preprocess`` and ``postprocess`` run in the preprocessing pool, ``collate`` and ``split`` on the
-model thread. ``Feeds`` map input names to one item's arrays (no batch axis).
+``preprocess`` and ``postprocess`` run in the preprocessing pool (or, for a lone request on an
+idle model, on the model thread with its run), ``collate`` and ``split`` on the model thread.
+``Feeds`` map input names to one item's arrays (no batch axis).
 """
 
 from __future__ import annotations

@@ -92,8 +92,11 @@ def _preload_cuda_libraries() -> None:
             return
         _cuda_libraries_loaded = True
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            preload()
+        try:
+            with contextlib.redirect_stdout(printed):
+                preload()
+        except Exception as exc:  # then the provider fails to load and says why, as before
+            log.warning("loading CUDA libraries failed: %s", exc)
     for line in printed.getvalue().splitlines():
         if line.strip():
             log.warning("loading CUDA libraries: %s", line.strip())

@@ -36,6 +36,9 @@ ImagesRequestT = TypeVar("ImagesRequestT", bound=ImagesRequest)
 RunOne = Callable[[Feeds], Outputs]  # the model's run on a batch of one
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+# A lone image larger than this decodes in the pool even when its model is idle: its decode would
+# hold the model thread that long, and a request arriving meanwhile would wait for it
+LONE_MAX_BYTES = 1024 * 1024
 
 
 def settings_of(request: Request) -> Settings:
@@ -134,10 +137,11 @@ class RequestContext:
     ) -> list[R]:
         """Each image: decode + resize in the pool → batcher → postprocess in the pool, or on
         the event loop when it takes microseconds (top-k), where a thread hop costs more. One
-        image for an idle model: all three in one job on the model thread (``run_alone``)."""
+        image of at most ``LONE_MAX_BYTES`` for an idle model: all three in one job on the model
+        thread (``run_alone``)."""
         assert served.image is not None
         image = served.image
-        if len(images) == 1 and self.model_idle(served):
+        if len(images) == 1 and len(images[0]) <= LONE_MAX_BYTES and self.model_idle(served):
             # one thread hop instead of three: decode, run, postprocess in one job
             data = images[0]
 

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.deps import LONE_MAX_BYTES
+from service.tasks.imaging import ImageProcessor
 from service.tasks.segmentation import rle_decode
 from tests.api.conftest import b64, png, solid
 from tests.support.tiny_models import WORDS, embedding_table
@@ -29,6 +33,28 @@ def test_classify_accepts_multipart_and_json_and_keeps_input_order(client: TestC
     assert as_json.json() == body
     for header in ("x-request-id", "x-queue-time-ms", "x-inference-time-ms", "x-total-time-ms"):
         assert header in multipart.headers
+
+
+def test_a_lone_image_decodes_on_the_idle_model_thread_unless_its_file_is_large(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    preprocess = ImageProcessor.preprocess
+
+    def recording(self: ImageProcessor, data: bytes) -> tuple[dict[str, np.ndarray], object]:
+        threads.append(threading.current_thread().name)
+        return preprocess(self, data)
+
+    monkeypatch.setattr(ImageProcessor, "preprocess", recording)
+    small = png(solid((250, 10, 10)))
+    large = png(np.random.default_rng(0).integers(0, 255, (640, 640, 3), dtype=np.uint8))
+    assert len(small) <= LONE_MAX_BYTES < len(large)
+    for data in (small, large):
+        response = client.post("/classify", json={"images": [b64(data)]})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-batch-size"] == "1"
+    assert threads[0].startswith("model-tiny-classifier")  # one job: decode, run, top-k
+    assert threads[1].startswith("preprocess")  # the pool, then the batcher
 
 
 def test_classify_batch_invariance(client: TestClient) -> None:

@@ -334,6 +334,14 @@ class DynamicBatcher(Generic[In, Out]):
                 queue.task_done()
         try:
             await self._run(batch, loop)
+        except asyncio.CancelledError:
+            # stop() gave up waiting for this batch: answer its requests now, not at their deadline
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(
+                        NotReadyError(f"model {self.name!r} is shutting down")
+                    )
+            raise
         finally:
             for _ in batch:
                 queue.task_done()

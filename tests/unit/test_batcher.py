@@ -261,16 +261,19 @@ async def test_a_lone_run_past_its_deadline_answers_at_the_deadline_and_the_mode
         await batcher.run_alone(lone_job(0, []), deadline())
 
 
-async def test_stop_answers_a_lone_run_it_cancelled_before_it_started_with_not_ready() -> None:
+async def test_stop_answers_what_it_cut_off_at_once_with_not_ready() -> None:
+    """A batch still running when the drain times out, and a lone job that never started."""
     hold = threading.Event()
     batcher = make(Recorder(hold))
-    held = asyncio.create_task(batcher.submit(1, deadline()))
+    loop = asyncio.get_running_loop()
+    held = asyncio.create_task(batcher.submit(1, deadline(30)))
     await asyncio.sleep(0.05)  # a batch holds the model thread
-    lone = asyncio.create_task(batcher.run_alone(lone_job(0, []), deadline()))
+    lone = asyncio.create_task(batcher.run_alone(lone_job(0, []), deadline(30)))
     await asyncio.sleep(0.05)  # the lone job waits behind it
     threading.Timer(0.3, hold.set).start()  # stop() blocks the loop while the held run ends
+    started = loop.time()
     await batcher.stop(drain_timeout_s=0.1)
-    with pytest.raises(NotReadyError, match="shutting down"):
-        await lone
-    held.cancel()  # its run was cut off by the drain timeout
-    await asyncio.gather(held, return_exceptions=True)
+    for task in (held, lone):
+        with pytest.raises(NotReadyError, match="shutting down"):
+            await task
+    assert loop.time() - started < 5  # not at their 30 s deadline

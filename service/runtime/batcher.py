@@ -246,15 +246,10 @@ class DynamicBatcher(Generic[In, Out]):
             value = future.result()
         except _LoneRunError as exc:
             self.stats.failed_batches += 1
-            log.error("model %s: batch of 1 failed", self.name, exc_info=exc.__cause__)
-            raise InferenceFailedError(f"model {self.name!r} failed to run this batch") from None
+            raise self._failure(1, exc.__cause__) from None
         if timing:
-            self.stats.batches += 1
-            self.stats.items += 1
-            self.stats.batch_sizes[1] = self.stats.batch_sizes.get(1, 0) + 1
             self._last_batch_size = 1
-            if self._observer is not None:
-                self._observer(1, 0.0, timing[0])
+            self._ran(1, 0.0, timing[0])
         return value, BatchResult(None, 0.0, timing[0] * 1000.0 if timing else 0.0, 1)
 
     def _lone_run_done(self, future: asyncio.Future[Any]) -> None:
@@ -376,20 +371,12 @@ class DynamicBatcher(Generic[In, Out]):
                 await self._run(pending[:half], loop, retry=True)
                 await self._run(pending[half:], loop, retry=True)
                 return
-            log.error("model %s: batch of %d failed", self.name, len(batch), exc_info=exc)
-            error = (
-                exc
-                if isinstance(exc, ServiceError)
-                else InferenceFailedError(f"model {self.name!r} failed to run this batch")
-            )
+            error = self._failure(len(batch), exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
         inference_s = loop.time() - started
-        self.stats.batches += 1
-        self.stats.items += len(batch)
-        self.stats.batch_sizes[len(batch)] = self.stats.batch_sizes.get(len(batch), 0) + 1
         queue_s = 0.0
         for item, output in zip(batch, outputs, strict=True):
             queue_s += started - item.enqueued
@@ -402,8 +389,22 @@ class DynamicBatcher(Generic[In, Out]):
                         len(batch),
                     )
                 )
+        self._ran(len(batch), queue_s / len(batch), inference_s)
+
+    def _ran(self, size: int, mean_queue_s: float, inference_s: float) -> None:
+        """Count a batch that ran, and tell the observer."""
+        self.stats.batches += 1
+        self.stats.items += size
+        self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
         if self._observer is not None:
-            self._observer(len(batch), queue_s / len(batch), inference_s)
+            self._observer(size, mean_queue_s, inference_s)
+
+    def _failure(self, size: int, exc: BaseException | None) -> ServiceError:
+        """Log a batch whose run failed; the error its requests get (internals never shown)."""
+        log.error("model %s: batch of %d failed", self.name, size, exc_info=exc)
+        if isinstance(exc, ServiceError):
+            return exc
+        return InferenceFailedError(f"model {self.name!r} failed to run this batch")
 
 
 class _OutputCountError(RuntimeError):

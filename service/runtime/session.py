@@ -7,11 +7,13 @@ creation are reported, because ONNX Runtime silently drops CUDA when its librari
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,49 +56,51 @@ class IOSpec:
         return [d if isinstance(d, int) and d >= 0 else -1 for d in self.shape]
 
 
-_shared_arena_lock = threading.Lock()
-_shared_arena_registered = False
+def _once(setup: Callable[[], None]) -> Callable[[], None]:
+    """``setup`` runs on the first call only, also when threads call at the same time."""
+    lock = threading.Lock()
+    done = False
+
+    @functools.wraps(setup)
+    def run_once() -> None:
+        nonlocal done
+        with lock:
+            if not done:
+                done = True
+                setup()
+
+    return run_once
 
 
+@_once
 def _register_shared_cpu_arena() -> None:
-    """Register one CPU arena in ONNX Runtime's process-wide environment, once. Sessions that
-    set ``session.use_env_allocators`` then allocate from it instead of each growing its own, so
+    """Register one CPU arena in ONNX Runtime's process-wide environment. Sessions that set
+    ``session.use_env_allocators`` then allocate from it instead of each growing its own, so
     memory one model freed is reused by the next (ORT's default arena settings)."""
-    global _shared_arena_registered
-    with _shared_arena_lock:
-        if _shared_arena_registered:
-            return
-        info = ort.OrtMemoryInfo(
-            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-        )
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg({}))
-        _shared_arena_registered = True
+    info = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg({}))
 
 
-_cuda_libraries_lock = threading.Lock()
-_cuda_libraries_loaded = False
-
-
+@_once
 def _preload_cuda_libraries() -> None:
-    """Load CUDA and cuDNN from the ``nvidia-*`` wheels of ``onnxruntime-gpu[cuda,cudnn]``, once.
+    """Load CUDA and cuDNN from the ``nvidia-*`` wheels of ``onnxruntime-gpu[cuda,cudnn]``.
 
     The dynamic loader does not search those wheels' folders, so without this a pip install
     outside the GPU image (which registers them with ldconfig) fails to load the CUDA provider
     (``libcublasLt.so.13: cannot open shared object file``) and ONNX Runtime falls back to CPU.
     ``ort.preload_dlls`` (ONNX Runtime 1.21+) is a no-op in a CPU build; what it cannot load it
     prints, so that is captured and logged."""
-    global _cuda_libraries_loaded
     preload = getattr(ort, "preload_dlls", None)
-    with _cuda_libraries_lock:
-        if _cuda_libraries_loaded or preload is None:
-            return
-        _cuda_libraries_loaded = True
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):
-                preload()
-        except Exception as exc:  # then the provider fails to load and says why, as before
-            log.warning("loading CUDA libraries failed: %s", exc)
+    if preload is None:
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as exc:  # then the provider fails to load and says why, as before
+        log.warning("loading CUDA libraries failed: %s", exc)
     for line in printed.getvalue().splitlines():
         if line.strip():
             log.warning("loading CUDA libraries: %s", line.strip())

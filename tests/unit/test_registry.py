@@ -143,7 +143,9 @@ def test_a_cuda_session_first_loads_the_cuda_wheels_once_and_logs_what_failed(
         print("Failed to load libcudnn.so.9: cannot open shared object file")
 
     monkeypatch.setattr(session_module.ort, "preload_dlls", preload)
-    monkeypatch.setattr(session_module, "_cuda_libraries_loaded", False)
+    # a fresh run-once wrapper: this process may have loaded them already
+    fresh = session_module._once(session_module._preload_cuda_libraries.__wrapped__)
+    monkeypatch.setattr(session_module, "_preload_cuda_libraries", fresh)
     model = repo_with(tmp_path) / "clf" / "model.onnx"
     OrtSession(model, providers=[CPU])
     assert calls == []

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
 
 from benchmarks.harness import ROOT, free_port, load, load_measured, median_run, server
-from benchmarks.run import Limit
+from benchmarks.run import Limit, round_ratios
 from benchmarks.scenarios import Scenario, photo_jpeg
 from service.runtime.model_config import load_model_config
 from service.runtime.session import CUDA, SessionError, resolve_providers
@@ -201,13 +200,10 @@ def main() -> int:
             return 1
     report["limit"] = {**limit.summary(limit_rounds), "providers": limit.providers}
     for c in levels:
-        per_round = [
-            a["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else float("nan")
-            for a, b in zip(runs[("dynamic", c)], runs[("batch-1", c)], strict=True)
-        ]
+        rps = {m: [run["throughput_rps"] for run in runs[(m, c)]] for m in MODES}
         point: dict[str, Any] = {m: median_run(runs[(m, c)]) for m in MODES}
         point["concurrency"] = c
-        point["dynamic_over_batch1"] = {"median": float(np.median(per_round)), "rounds": per_round}
+        point["dynamic_over_batch1"] = round_ratios(rps["dynamic"], rps["batch-1"])
         report["points"].append(point)
     table = render(report)
     print(table)

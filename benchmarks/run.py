@@ -156,7 +156,8 @@ def memory_check(
     }
 
 
-def _ratios(served: list[float], other: list[float]) -> dict[str, Any]:
+def round_ratios(served: list[float], other: list[float]) -> dict[str, Any]:
+    """Each round's ``served / other`` and their median (rounds are minutes apart, see above)."""
     per_round = [a / b if b > 0 else float("nan") for a, b in zip(served, other, strict=True)]
     return {"median": float(np.median(per_round)), "rounds": per_round}
 
@@ -259,8 +260,8 @@ def main() -> None:
             entry["ratios"].append(
                 {
                     "concurrency": c,
-                    "served_over_limit": _ratios(served_items, round_limits),
-                    "served_over_naive": _ratios(served_items, naive_items),
+                    "served_over_limit": round_ratios(served_items, round_limits),
+                    "served_over_naive": round_ratios(served_items, naive_items),
                 }
             )
         report["scenarios"][sc.name] = entry
@@ -268,7 +269,7 @@ def main() -> None:
         report["int8_over_fp32"] = [
             {
                 "concurrency": c,
-                **_ratios(
+                **round_ratios(
                     [x["throughput_rps"] for x in runs[("embed-int8", "served", c)]],
                     [x["throughput_rps"] for x in runs[("embed", "served", c)]],
                 ),

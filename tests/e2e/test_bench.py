@@ -40,6 +40,9 @@ def test_bench_interleaves_rounds_and_reports_ratios_per_round(tmp_path: Path) -
     for entry in report["scenarios"].values():
         assert len(entry["limit"]["rounds"]) == 2
         assert entry["limit"]["items_per_s"] > 0
+        assert entry["limit"]["with_preparation_items_per_s"] > 0
+        for limit_round in entry["limit"]["rounds"]:  # decoding beside the model, same batch
+            assert str(limit_round["with_preparation"]["batch"]) in limit_round["by_batch"]
         for kind in ("served", "naive"):
             assert [run["concurrency"] for run in entry[kind]] == [1, 4]
             for run in entry[kind]:
@@ -47,7 +50,11 @@ def test_bench_interleaves_rounds_and_reports_ratios_per_round(tmp_path: Path) -
                 assert run["ok"] > 0
                 assert len(run["runs_rps"]) == 2
         for ratios in entry["ratios"]:
-            for key in ("served_over_limit", "served_over_naive"):
+            for key in (
+                "served_over_limit",
+                "served_over_naive",
+                "served_over_limit_with_preparation",
+            ):
                 assert len(ratios[key]["rounds"]) == 2
                 assert ratios[key]["median"] > 0
     memory = report["memory"]

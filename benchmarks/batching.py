@@ -97,7 +97,9 @@ def render(report: dict[str, Any]) -> str:
         f"ONNX Runtime alone ({', '.join(limit['providers'])}): batch 1 "
         f"{limit['by_batch'][1]:.1f} img/s ({limit['single_item_ms']:.2f} ms a run), best batch "
         f"{limit['best_batch']} {limit['items_per_s']:.1f} img/s; JPEG decode + resize "
-        f"{limit['prepare_cpu_ms_per_item']:.2f} CPU ms/img"
+        f"{limit['prepare_cpu_ms_per_item']:.2f} CPU ms/img; with decoding beside the model "
+        f"{limit['with_preparation']['items_per_s']:.1f} img/s (batch "
+        f"{limit['with_preparation']['best_batch']})"
     )
     providers = ", ".join(report["modes"]["dynamic"]["providers"])
     machine = report["machine"]

@@ -35,7 +35,8 @@ def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
             f"|  | single-item model latency {lim['single_item_ms']:.2f} ms; the limit's CPU "
             f"{lim['cpu_ms_per_item']:.2f} ms/item; decode or tokenize "
             f"{lim['prepare_cpu_ms_per_item']:.2f} ms/item; the limit with decode or tokenize "
-            f"beside the model {lim['with_preparation_items_per_s']:.0f} items/s |  |  |  |  |  |  |  |  |  |  |  |  |  |  |"
+            f"beside the model {lim['with_preparation']['items_per_s']:.0f} items/s (batch "
+            f"{lim['with_preparation']['best_batch']}) |  |  |  |  |  |  |  |  |  |  |  |  |  |  |"
         )
     if "int8_over_fp32" in report:
         lines.append("")

@@ -104,7 +104,8 @@ class Limit:
         }
 
     def measure(self, seconds: float) -> dict[str, Any]:
-        """One round: items/s and ORT CPU ms per item at each batch size, ``seconds`` each."""
+        """One round, ``seconds`` per measurement: items/s and ORT CPU ms per item at each batch
+        size on pre-made tensors, then items/s at each batch size with preparation beside it."""
         rates: dict[int, float] = {}
         cpu_ms: dict[int, float] = {}
         single_ms = 0.0
@@ -119,13 +120,13 @@ class Limit:
             cpu_ms[size] = (time.process_time() - cpu_started) * 1000.0 / (n * size)
             if size == 1:
                 single_ms = elapsed / n * 1000.0
-        best = max(rates, key=lambda k: rates[k])
-        prepared = self.with_preparation(best, seconds)
         return {
             "by_batch": rates,
             "cpu_ms": cpu_ms,
             "single_item_ms": single_ms,
-            "with_preparation": {"batch": best, "items_per_s": prepared},
+            "with_preparation": {
+                size: self.with_preparation(size, seconds) for size in self.batches
+            },
         }
 
     def with_preparation(self, size: int, seconds: float) -> float:
@@ -167,10 +168,8 @@ class Limit:
                 thread.join()
 
     def summary(self, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-        by_size = {
-            size: float(np.median([r["by_batch"][size] for r in rounds])) for size in self.batches
-        }
-        best = max(by_size, key=lambda k: by_size[k])
+        by_size, best = self._best(rounds, "by_batch")
+        prepared, prepared_best = self._best(rounds, "with_preparation")
         return {
             "items_per_s": by_size[best],
             "best_batch": best,
@@ -179,11 +178,18 @@ class Limit:
             # CPU time of all ORT threads per item at the best batch: what an item costs the cores
             "cpu_ms_per_item": float(np.median([r["cpu_ms"][best] for r in rounds])),
             "prepare_cpu_ms_per_item": self.prepare_ms,
-            "with_preparation_items_per_s": float(
-                np.median([r["with_preparation"]["items_per_s"] for r in rounds])
-            ),
+            "with_preparation": {
+                "items_per_s": prepared[prepared_best],
+                "best_batch": prepared_best,
+                "by_batch": prepared,
+            },
             "rounds": rounds,
         }
+
+    def _best(self, rounds: list[dict[str, Any]], key: str) -> tuple[dict[int, float], int]:
+        """The median over rounds of ``key``'s items/s per batch size, and the best size."""
+        by_size = {size: float(np.median([r[key][size] for r in rounds])) for size in self.batches}
+        return by_size, max(by_size, key=lambda k: by_size[k])
 
 
 # -- servers and load -----------------------------------------------------------------------------
@@ -301,7 +307,8 @@ def main() -> None:
         lim = limits[sc.name].summary(limit_rounds[sc.name])
         best = lim["best_batch"]
         round_limits = [r["by_batch"][best] for r in limit_rounds[sc.name]]
-        round_prepared = [r["with_preparation"]["items_per_s"] for r in limit_rounds[sc.name]]
+        prepared_best = lim["with_preparation"]["best_batch"]
+        round_prepared = [r["with_preparation"][prepared_best] for r in limit_rounds[sc.name]]
         entry: dict[str, Any] = {
             "model": sc.model,
             "limit": lim,

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import binascii
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,7 +23,7 @@ from service.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from service.runtime.batcher import BatchResult, gather_or_cancel
+from service.runtime.batcher import BatchResult
 from service.runtime.registry import ModelRegistry, ServedModel
 from service.schemas.common import ImagesRequest
 from service.settings import Settings
@@ -54,6 +54,18 @@ def get_model(request: Request, name: str | None, task: str) -> ServedModel:
     served = registry_of(request).get(name, task)
     request.state.model = served.name
     return served
+
+
+async def gather_or_cancel(aws: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Like ``asyncio.gather`` but cancels the siblings as soon as one fails."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def check_api_key(request: Request) -> None:

@@ -8,10 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, get_model, read_json_request, settings_of
+from service.api.deps import (
+    RequestContext,
+    gather_or_cancel,
+    get_model,
+    read_json_request,
+    settings_of,
+)
 from service.api.openapi import json_body
 from service.errors import PayloadTooLargeError, ValidationFailedError
-from service.runtime.batcher import gather_or_cancel
 from service.schemas.common import error_responses
 from service.schemas.embed import EmbedRequest, EmbedResponse, Usage
 from service.tasks.base import Feeds, Outputs

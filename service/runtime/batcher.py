@@ -413,15 +413,3 @@ class _OutputCountError(RuntimeError):
 
 class _LoneRunError(Exception):
     """The model's run failed inside ``run_alone``'s job (the cause is chained)."""
-
-
-async def gather_or_cancel(aws: Sequence[Awaitable[Any]]) -> list[Any]:
-    """Like ``asyncio.gather`` but cancels the siblings as soon as one fails."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

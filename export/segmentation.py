@@ -3,9 +3,8 @@
 Semantic: FCN-ResNet50/101, DeepLabV3 (ResNet-50/101, MobileNetV3-Large) — output ``logits
 float32[B, C, H, W]`` (the ``out`` head; the auxiliary head is training-only), letterboxed input.
 U-Net (``training.models.UNet``): the same semantic layout, from a checkpoint trained with it.
-Instance: Mask R-CNN ResNet-50 FPN v1 and v2 — one ``float32[3, H, W]`` image per run (dynamic H,
-W; the model resizes and normalises inside the graph), outputs boxes / labels / scores / masks with
-the masks already pasted into the input image.
+Instance: Mask R-CNN ResNet-50 FPN v1 and v2, in ``export.maskrcnn``; this module's ``segmenter``
+command exports all three.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 from export.common import (
     DEFAULT_OPSET,
@@ -29,6 +27,8 @@ from export.common import (
     set_metadata,
     write_model_folder,
 )
+from export.maskrcnn import INSTANCE, export_maskrcnn
+from export.torchvision_models import labels_from_weights, load_model
 from export.verify import check_parity
 
 log = logging.getLogger("export")
@@ -39,7 +39,6 @@ SEMANTIC = (
     "deeplabv3_resnet101",
     "deeplabv3_mobilenet_v3_large",
 )
-INSTANCE = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 VOC_LABELS = [
     "background",
     "aeroplane",
@@ -77,43 +76,6 @@ class SemanticOut(torch.nn.Module):
         return out
 
 
-class SingleImageMaskRCNN(torch.nn.Module):
-    """One image in, the four tensors the ONNX graph exposes out."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        result = self.model([image])[0]
-        return result["boxes"], result["labels"], result["scores"], result["masks"]
-
-
-def _labels_from_weights(arch: str, weights: str | None, fallback: list[str]) -> list[str]:
-    if weights is None:
-        return fallback
-    entry = torchvision.models.get_model_weights(arch)
-    member = entry.DEFAULT if weights == "DEFAULT" else entry[weights]
-    return list(member.meta["categories"])
-
-
-def _load(
-    arch: str, weights: str | None, checkpoint: Path | None, num_classes: int | None, **kwargs: Any
-) -> torch.nn.Module:
-    if weights is not None:
-        model = torchvision.models.get_model(arch, weights=weights, **kwargs)
-    else:
-        extra = {"num_classes": num_classes} if num_classes else {}
-        model = torchvision.models.get_model(
-            arch, weights=None, weights_backbone=None, **extra, **kwargs
-        )
-    if checkpoint is not None:
-        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    loaded: torch.nn.Module = model.eval()
-    return loaded
-
-
 def export_semantic(
     arch: str,
     out: Path,
@@ -130,8 +92,8 @@ def export_semantic(
 
     if arch not in SEMANTIC:
         raise ExportError(f"{arch!r} is not one of {SEMANTIC}")
-    labels = labels or _labels_from_weights(arch, weights, VOC_LABELS)
-    model = SemanticOut(_load(arch, weights, checkpoint, len(labels), aux_loss=False)).eval()
+    labels = labels or labels_from_weights(arch, weights, VOC_LABELS)
+    model = SemanticOut(load_model(arch, weights, checkpoint, len(labels), aux_loss=False)).eval()
     image = {
         "resize": "letterbox",
         "width": size,
@@ -323,121 +285,6 @@ def export_unet(
             "weights": checkpoint.name if checkpoint else "random-init",
         },
         max_batch_size=max_batch_size,
-    )
-
-
-def export_maskrcnn_model(
-    model: torch.nn.Module,
-    out: Path,
-    *,
-    labels: list[str],
-    samples: list[np.ndarray],
-    source: dict[str, str],
-    max_side: int = 800,
-    atol: float = 2e-3,
-    opset: int = DEFAULT_OPSET,
-    min_mask_iou: float = 0.99,
-) -> dict[str, Any]:
-    """Export a torchvision Mask R-CNN (eval mode) with its single-image ONNX signature."""
-    single = SingleImageMaskRCNN(model).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx_model = export_onnx(
-            single,
-            (torch.from_numpy(samples[0]),),
-            path,
-            input_names=["image"],
-            output_names=["boxes", "labels", "scores", "masks"],
-            dynamic_axes={
-                "image": {1: "height", 2: "width"},
-                "boxes": {0: "n"},
-                "labels": {0: "n"},
-                "scores": {0: "n"},
-                "masks": {0: "n", 2: "height", 3: "width"},
-            },
-            opset=opset,
-        )
-        parity = check_parity(
-            single,
-            path,
-            [{"image": s} for s in samples],
-            atol=atol,
-            rtol=1e-3,
-            name=out.name,
-            batch_axis=False,
-            mask_outputs={"masks": "scores"},
-            min_mask_iou=min_mask_iou,
-        )
-    set_metadata(
-        onnx_model,
-        {
-            "task": "segment",
-            "format": "maskrcnn",
-            "labels": labels,
-            "source": source,
-            "opset": opset,
-        },
-    )
-    config = {
-        "task": "segment",
-        "format": "maskrcnn",
-        "description": f"Mask R-CNN ({source['architecture']})",
-        "inputs": [{"name": "image", "dtype": "float32", "dims": [3, -1, -1]}],
-        "outputs": [
-            {"name": "boxes", "dtype": "float32", "dims": [-1, 4]},
-            {"name": "labels", "dtype": "int64", "dims": [-1]},
-            {"name": "scores", "dtype": "float32", "dims": [-1]},
-            {"name": "masks", "dtype": "float32", "dims": [-1, 1, -1, -1]},
-        ],
-        # normalisation and resizing happen inside the graph; the service only scales to [0, 1]
-        "image": {"resize": "fit", "width": max_side, "height": max_side},
-        "batching": {"max_batch_size": 0, "max_delay_ms": 0, "max_queue_size": 64},
-    }
-    write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
-    return parity
-
-
-def export_maskrcnn(
-    arch: str,
-    out: Path,
-    *,
-    weights: str | None = None,
-    checkpoint: Path | None = None,
-    labels: list[str] | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    atol: float = 2e-3,
-    min_mask_iou: float = 0.99,
-) -> dict[str, Any]:
-    """``atol`` applies to boxes and scores; masks are compared by IoU (see check_parity)."""
-    if arch not in INSTANCE:
-        raise ExportError(f"{arch!r} is not one of {INSTANCE}")
-    coco = _labels_from_weights(arch, "DEFAULT", [])
-    labels = labels or _labels_from_weights(arch, weights, coco)
-    model = _load(arch, weights, checkpoint, len(labels), min_size=min_size, max_size=max_size)
-    from export.classifiers import sample_images
-    from service.tasks.imaging import decode_image
-
-    samples = []
-    for jpeg in sample_images()[:2]:
-        img = decode_image(jpeg, max_pixels=10**8).image
-        img.thumbnail((max_size, max_size))
-        samples.append(
-            np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-        )
-    source = {
-        "architecture": arch,
-        "weights": weights or (checkpoint.name if checkpoint else "random-init"),
-    }
-    return export_maskrcnn_model(
-        model,
-        out,
-        labels=labels,
-        samples=samples,
-        source=source,
-        max_side=max_size,
-        atol=atol,
-        min_mask_iou=min_mask_iou,
     )
 
 

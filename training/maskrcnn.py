@@ -21,7 +21,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from export.segmentation import export_maskrcnn_model
+from export.maskrcnn import export_maskrcnn_model
 from training.models import imagenet_mobilenet_v2
 from training.shapes import CLASSES, Sample
 

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("torchvision")
 
-from export.segmentation import export_maskrcnn, export_semantic
+from export.maskrcnn import export_maskrcnn
+from export.segmentation import export_semantic
 from service.runtime.model_config import load_model_config
 
 pytestmark = pytest.mark.export

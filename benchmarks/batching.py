@@ -24,14 +24,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from benchmarks.harness import ROOT, free_port, load, load_measured, median_run, server
+from benchmarks.harness import ROOT, load, load_measured, median_run, ortserve_server, save_results
 from benchmarks.run import Limit, round_ratios
 from benchmarks.scenarios import Scenario, photo_jpeg
 from service.runtime.model_config import load_model_config
@@ -156,22 +155,13 @@ def main() -> int:
             model_dir, root, args.max_batch_size or config.batching.max_batch_size
         )
         bodies = {m: [json.dumps({"images": [image], "model": names[m]})] for m in MODES}
-        port = free_port()
         env = {
-            "ORTSERVE_MODEL_REPOSITORY": str(root),
-            "ORTSERVE_PORT": str(port),
-            "ORTSERVE_HOST": "127.0.0.1",
-            "ORTSERVE_LOG_LEVEL": "warning",
             "ORTSERVE_PROVIDERS": args.providers,
             "ORTSERVE_REQUIRE_CUDA": str(args.providers == "cuda").lower(),
             "ORTSERVE_DEFAULT_CLASSIFY_MODEL": names["dynamic"],
         }
-        cmd = [sys.executable, "-m", "service"]
         try:
-            with server(cmd, env, port, "/health/ready", log=Path(tmp) / "server.log") as (
-                url,
-                proc,
-            ):
+            with ortserve_server(root, env, log=Path(tmp) / "server.log") as (url, proc):
                 listed = httpx.get(url + "/v1/models", timeout=10).json()["models"]
                 for mode in MODES:
                     [info] = [m for m in listed if m["name"] == names[mode]]
@@ -209,11 +199,7 @@ def main() -> int:
         report["points"].append(point)
     table = render(report)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.out / f"batching-{stamp}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"batching-{stamp}.md").write_text(table + "\n")
-    print(f"saved {args.out}/batching-{stamp}.json")
+    save_results(args.out, "batching", report, table)
     return 0
 
 

@@ -58,6 +58,35 @@ def server(
             proc.kill()
 
 
+@contextmanager
+def ortserve_server(
+    models: Path, extra_env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m service`` serving ``models`` on a free local port, warnings only; yields once
+    every model is ready."""
+    port = free_port()
+    env = {
+        "ORTSERVE_MODEL_REPOSITORY": str(models),
+        "ORTSERVE_PORT": str(port),
+        "ORTSERVE_HOST": "127.0.0.1",
+        "ORTSERVE_LOG_LEVEL": "warning",
+        **(extra_env or {}),
+    }
+    with server([sys.executable, "-m", "service"], env, port, "/health/ready", log) as running:
+        yield running
+
+
+def save_results(out: Path, stem: str, report: dict[str, Any], table: str) -> Path:
+    """``<stem>-<time>.json`` (the report) and ``.md`` (the table) under ``out``; returns the
+    JSON's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    path.with_suffix(".md").write_text(table + "\n")
+    print(f"saved {path}")
+    return path
+
+
 def cpu_s(pid: int, tid: int | None = None) -> float:
     """CPU seconds (user + system) of a process, or of one of its threads."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"

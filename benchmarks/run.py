@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import queue
 import sys
@@ -42,7 +41,16 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.harness import ROOT, free_port, load_measured, median_run, rss_mb, server
+from benchmarks.harness import (
+    ROOT,
+    free_port,
+    load_measured,
+    median_run,
+    ortserve_server,
+    rss_mb,
+    save_results,
+    server,
+)
 from benchmarks.report import plot, render
 from benchmarks.scenarios import Scenario, scenarios
 from service.runtime.model_config import load_model_config
@@ -265,16 +273,7 @@ def main() -> None:
         (sc.name, kind, c): [] for sc in chosen for kind in ("served", "naive") for c in levels
     }
     with ExitStack() as stack:
-        port = free_port()
-        env = {
-            "ORTSERVE_MODEL_REPOSITORY": str(args.models),
-            "ORTSERVE_PORT": str(port),
-            "ORTSERVE_HOST": "127.0.0.1",
-            "ORTSERVE_LOG_LEVEL": "warning",
-        }
-        ortserve = stack.enter_context(
-            server([sys.executable, "-m", "service"], env, port, "/health/ready")
-        )
+        ortserve = stack.enter_context(ortserve_server(args.models))
         rss_loaded = rss_mb(ortserve[1].pid)  # every model loaded and warmed up, no traffic yet
         naive: dict[str, tuple[str, Any]] = {}  # one naive server per model, all up at once
         for sc in chosen:
@@ -346,12 +345,8 @@ def main() -> None:
         ]
     table = render(report, chosen)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"bench-{stamp}.md").write_text(table + "\n")
-    plot(report, args.out / f"bench-{stamp}.png")
-    print(f"saved {args.out}/bench-{stamp}.json")
+    saved = save_results(args.out, "bench", report, table)
+    plot(report, saved.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from benchmarks.report import plot, render
 from benchmarks.scenarios import Scenario, scenarios
 from service.runtime.model_config import load_model_config
 from service.runtime.session import CPU, OrtSession
+from service.settings import Settings
 from service.tasks.base import Feeds, stack_feeds
 from service.tasks.embedding import TextEncoder, pad_feeds
 from service.tasks.imaging import ImageProcessor
@@ -143,7 +144,7 @@ class Limit:
         machine could reach before any HTTP, with every batch full."""
         ready: queue.Queue[Feeds] = queue.Queue(maxsize=4 * size)
         stop = threading.Event()
-        workers = min(4, os.cpu_count() or 1)  # the server's default preprocess_threads
+        workers = Settings().preprocess_workers  # the servers get the same environment
 
         def produce(first: int) -> None:
             for i in itertools.count(first, workers):

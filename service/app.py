@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -105,8 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = settings.preprocess_threads or min(4, os.cpu_count() or 1)
-        app.state.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        app.state.pool = ThreadPoolExecutor(
+            max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
+        )
         registry = ModelRegistry(settings, observer_factory=metrics.batch_observer)
         app.state.registry = registry
         # loading and warm-up block: keep them off the event loop so /health/live answers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
 
     # NoDecode + this validator: plain comma-separated values in the environment, not JSON
     _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+
+    @property
+    def preprocess_workers(self) -> int:
+        """The preprocessing pool's size: ``preprocess_threads``, or min(4, cores) when 0."""
+        return self.preprocess_threads or min(4, os.cpu_count() or 1)
 
     def default_model(self, task: str) -> str:
         return str(getattr(self, f"default_{task}_model"))

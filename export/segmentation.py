@@ -2,7 +2,8 @@
 
 Semantic: FCN-ResNet50/101, DeepLabV3 (ResNet-50/101, MobileNetV3-Large) — output ``logits
 float32[B, C, H, W]`` (the ``out`` head; the auxiliary head is training-only), letterboxed input.
-U-Net (``training.models.UNet``): the same semantic layout, from a checkpoint trained with it.
+U-Net (``export.unet.UNet`` or ``MobileUNet``): the same semantic layout, from a checkpoint
+trained with it (``python -m training shapes-unet``).
 Instance: Mask R-CNN ResNet-50 FPN v1 and v2, in ``export.maskrcnn``; this module's ``segmenter``
 command exports all three.
 """
@@ -29,6 +30,7 @@ from export.common import (
 )
 from export.maskrcnn import INSTANCE, export_maskrcnn
 from export.torchvision_models import labels_from_weights, load_model
+from export.unet import MobileUNet, UNet
 from export.verify import check_parity
 
 log = logging.getLogger("export")
@@ -206,7 +208,7 @@ def export_unet_model(
     max_batch_size: int = 8,
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    """A U-Net (``training.models.UNet`` or ``MobileUNet``) as a semantic model folder."""
+    """A U-Net (``export.unet.UNet`` or ``MobileUNet``) as a semantic model folder."""
     return export_semantic_model(
         model,
         out,
@@ -221,25 +223,21 @@ def export_unet_model(
 
 
 def load_unet(checkpoint: Path) -> tuple[torch.nn.Module, list[str] | None]:
-    """A ``training.models.UNet`` or ``MobileUNet`` from a checkpoint: a bare state_dict or
+    """An ``export.unet.UNet`` or ``MobileUNet`` from a checkpoint: a bare state_dict or
     ``{"state_dict": ..., "labels": [...]}`` (what ``python -m training shapes-unet`` saves).
     The architecture, widths and class count are read from the weights' names and shapes."""
-    from training.models import MobileUNet, UNet
-
     state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ExportError(f"{checkpoint}: expected a state_dict or a dict holding one")
     labels = state.get("labels")
     weights = state.get("state_dict", state)
     try:
-        if "encoder.0.0.weight" in weights:  # training.models.MobileUNet
+        if "encoder.0.0.weight" in weights:  # MobileUNet
             model: torch.nn.Module = MobileUNet.from_state_dict(weights)
         else:
             model = UNet.from_state_dict(weights)
     except (KeyError, RuntimeError) as exc:
-        raise ExportError(
-            f"{checkpoint}: not a training.models UNet/MobileUNet state_dict ({exc})"
-        ) from None
+        raise ExportError(f"{checkpoint}: not a UNet/MobileUNet state_dict ({exc})") from None
     return model.eval(), (list(labels) if labels else None)
 
 
@@ -257,7 +255,6 @@ def export_unet(
     from export.classifiers import sample_images
     from service.runtime.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
-    from training.models import UNet
 
     if size % 32:
         raise ExportError(f"U-Net input size must be a multiple of 32, got {size}")

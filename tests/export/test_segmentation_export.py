@@ -57,7 +57,7 @@ def test_unet_checkpoint_export_matches_pytorch_at_batch_1_and_2(tmp_path: Path)
     import torch
 
     from export.segmentation import export_unet
-    from training.models import UNet
+    from export.unet import UNet
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "my-unet.pt"
@@ -77,7 +77,7 @@ def test_mobilenet_unet_checkpoint_exports_with_its_architecture(tmp_path: Path)
     import torch
 
     from export.segmentation import export_unet
-    from training.models import MobileUNet
+    from export.unet import MobileUNet
 
     torch.manual_seed(0)
     model = MobileUNet(classes=3, decoder=(16, 16, 16, 8), pretrained=False)
@@ -108,7 +108,7 @@ def test_unet_export_through_the_cli(tmp_path: Path) -> None:
 def test_unet_forward_shapes() -> None:
     import torch
 
-    from training.models import UNet
+    from export.unet import UNet
 
     logits = UNet(classes=4, widths=(8, 16, 24, 32), stem=(8, 8))(torch.zeros(2, 3, 64, 96))
     assert tuple(logits.shape) == (2, 4, 64, 96)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.classifiers import sample_images
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
 from export.verify import check_parity
 
@@ -96,7 +97,6 @@ def load_ultralytics(weights: str) -> YoloModel:
 def export_yolo(
     weights: str, out: Path, *, size: int = 640, max_batch_size: int = 8, opset: int = DEFAULT_OPSET
 ) -> dict[str, Any]:
-    from export.classifiers import sample_images
     from service.runtime.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 

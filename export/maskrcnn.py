@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.classifiers import sample_images
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
 from export.torchvision_models import labels_from_weights, load_model
 from export.verify import check_parity
@@ -122,7 +123,6 @@ def export_maskrcnn(
     coco = labels_from_weights(arch, "DEFAULT", [])
     labels = labels or labels_from_weights(arch, weights, coco)
     model = load_model(arch, weights, checkpoint, len(labels), min_size=min_size, max_size=max_size)
-    from export.classifiers import sample_images
     from service.tasks.imaging import decode_image
 
     samples = []

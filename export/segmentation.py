@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.classifiers import sample_images
 from export.common import (
     DEFAULT_OPSET,
     IMAGENET_MEAN,
@@ -104,8 +105,6 @@ def export_semantic(
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     }
-    from export.classifiers import sample_images
-
     processor = ImageProcessor(ImagePreprocessing.model_validate(image), "input", max_pixels=10**8)
     tensors = [processor.preprocess(j)[0]["input"] for j in sample_images()[:2]]
     return export_semantic_model(
@@ -252,7 +251,6 @@ def export_unet(
 ) -> dict[str, Any]:
     """A U-Net checkpoint (or, with ``checkpoint=None``, a randomly initialised one) → model
     folder; parity on real photos letterboxed as the service will feed them."""
-    from export.classifiers import sample_images
     from service.runtime.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 

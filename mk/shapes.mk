@@ -1,6 +1,6 @@
 # Demo models for /detect and /segment (issue 4): trained here on synthetic shapes, seeded, CPU.
 TRAIN_SRC := training/__main__.py training/shapes.py training/models.py training/train.py \
-	export/unet.py $(EXPORT_SRC)
+	training/common.py export/unet.py $(EXPORT_SRC)
 
 # About 16 minutes together on 2 CPU cores (YOLO 4, U-Net 4, Mask R-CNN 8); numbers in
 # docs/detection-segmentation.md.

@@ -22,6 +22,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from export.maskrcnn import export_maskrcnn_model
+from training.common import Progress, dihedral, one_cycle, samples, save_checkpoint
 from training.models import imagenet_mobilenet_v2
 from training.shapes import CLASSES, Sample
 
@@ -92,9 +93,7 @@ def build(pretrained_backbone: bool = True) -> MaskRCNN:
 
 def _target(sample: Sample, k: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Image ``float32[3,H,W]`` in [0, 1] and torchvision targets (labels 1.., boxes, masks),
-    after the flip/transpose ``k`` (see ``training.train.dihedral``)."""
-    from training.train import dihedral
-
+    after the flip/transpose ``k`` (see ``training.common.dihedral``)."""
     image, instance_map, boxes = dihedral(sample.image, sample.instance_map, sample.boxes, k)
     assert instance_map is not None
     assert boxes is not None
@@ -115,8 +114,6 @@ def train_maskrcnn(
     seed: int = 0,
     checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    from training.train import Progress, one_cycle, samples, save_checkpoint
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pool = [s for s in samples(images, seed=5) if len(s.classes)]

@@ -8,9 +8,7 @@ square input (the shapes have no preferred orientation), with the targets moved 
 
 from __future__ import annotations
 
-import logging
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,43 +21,16 @@ from torch.nn import functional as F
 from torchvision.ops import generalized_box_iou_loss
 
 from export.common import export_onnx, set_metadata, write_model_folder
+from export.segmentation import export_unet_model
 from export.verify import check_parity
 from service.runtime.model_config import ImagePreprocessing
 from service.tasks.imaging import DecodedImage, input_tensor
-from training.models import ShapesYolo
-from training.shapes import CLASSES, SEMANTIC_LABELS, Sample, generate
+from training.common import Progress, dihedral, one_cycle, samples, save_checkpoint
+from training.maskrcnn import train_maskrcnn
+from training.models import MobileUNet, ShapesYolo
+from training.shapes import CLASSES, SEMANTIC_LABELS, Sample
 
-log = logging.getLogger("training")
 PAD_VALUE = 114  # letterbox border, as Ultralytics pads
-
-
-class Progress:
-    """Logs the loss (averaged since the last line), elapsed time and an ETA."""
-
-    def __init__(self, name: str, steps: int, every: int = 25) -> None:
-        self.name, self.steps, self.every = name, steps, every
-        self.started = time.perf_counter()
-        self.losses: list[float] = []
-
-    def step(self, step: int, loss: float) -> None:
-        self.losses.append(loss)
-        if step % self.every == 0 or step == self.steps:
-            elapsed = time.perf_counter() - self.started
-            log.info(
-                "%s step %d/%d loss %.4f (%.0f s, eta %.0f s)",
-                self.name,
-                step,
-                self.steps,
-                float(np.mean(self.losses)),
-                elapsed,
-                elapsed / step * (self.steps - step),
-            )
-            self.losses.clear()
-
-
-def samples(count: int, seed: int) -> list[Sample]:
-    """``count`` generated images; training pools use seeds far below the held-out ones."""
-    return [generate(seed * 7919 + i) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -98,52 +69,10 @@ def letterbox_pool(pool: list[Sample], size: int) -> Letterboxed:
     return Letterboxed(images, boxes, classes, semantic)
 
 
-def dihedral(
-    image: np.ndarray, other: np.ndarray | None, boxes: np.ndarray | None, k: int
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """One of the 8 flips/transposes (``k`` in 0..7) of an ``[H,W,C]`` image, an aligned
-    ``[H,W]`` map and ``[n,4]`` x1,y1,x2,y2 boxes (views where possible)."""
-    h, w = image.shape[:2]
-    b = None if boxes is None else boxes.copy()
-    if k & 1:  # horizontal flip
-        image = image[:, ::-1]
-        other = None if other is None else other[:, ::-1]
-        if b is not None:
-            b[:, [0, 2]] = w - b[:, [2, 0]]
-    if k & 2:  # vertical flip
-        image = image[::-1]
-        other = None if other is None else other[::-1]
-        if b is not None:
-            b[:, [1, 3]] = h - b[:, [3, 1]]
-    if k & 4:  # transpose
-        image = image.swapaxes(0, 1)
-        other = None if other is None else other.T
-        if b is not None:
-            b = b[:, [1, 0, 3, 2]]
-    return image, other, b
-
-
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     """uint8 ``[S,S,3]`` images → ``float32[B,3,S,S]`` in [0, 1] (the service's scaling)."""
     batch = np.stack([np.ascontiguousarray(i) for i in images]).transpose(0, 3, 1, 2)
     return torch.from_numpy(batch.astype(np.float32) / 255.0)
-
-
-def one_cycle(
-    opt: torch.optim.Optimizer, max_lr: float, steps: int, warmup: float = 0.1
-) -> torch.optim.lr_scheduler.OneCycleLR:
-    """Warm up for ``warmup`` of the steps (at least two), then anneal: works for any step count."""
-    return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=max_lr, total_steps=max(steps, 3), pct_start=max(warmup, 2.0 / max(steps, 3))
-    )
-
-
-def save_checkpoint(path: Path | None, model: torch.nn.Module, **info: Any) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), **info}, str(path))
-    log.info("checkpoint %s", path)
 
 
 # -- U-Net --------------------------------------------------------------------------------------
@@ -163,9 +92,6 @@ def train_unet(
     """U-Net over an ImageNet MobileNetV2 encoder (``training.models.MobileUNet``): a
     from-scratch U-Net of the same cost reached only 0.36 mIoU after 600 steps, this one 0.94
     after 300 (held-out shapes; see docs/detection-segmentation.md)."""
-    from export.segmentation import export_unet_model
-    from training.models import MobileUNet
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pool = letterbox_pool(samples(images, seed=1), UNET_SIZE)
@@ -399,12 +325,6 @@ def export_shapes_yolo(model: ShapesYolo, out: Path, *, steps: int, seed: int) -
     }
     write_model_folder(out, onnx_model, config, labels=CLASSES, parity=parity)
     return parity
-
-
-def train_maskrcnn(out: Path, **kwargs: Any) -> dict[str, Any]:
-    from training.maskrcnn import train_maskrcnn as train
-
-    return train(out, **kwargs)
 
 
 TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {

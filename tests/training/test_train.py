@@ -11,11 +11,11 @@ import pytest
 pytest.importorskip("torch")
 
 from service.runtime.model_config import load_model_config
+from training.common import dihedral
 from training.shapes import generate
 from training.train import (
     LEVEL_RANGES,
     YOLO_SIZE,
-    dihedral,
     letterbox_pool,
     train_unet,
     train_yolo,

@@ -30,8 +30,8 @@ test: models
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check service export training tests benchmarks scripts
-	$(PY) -m ruff format --check service export training tests benchmarks scripts
+	$(PY) -m ruff check service export training tests benchmarks scripts devtools
+	$(PY) -m ruff format --check service export training tests benchmarks scripts devtools
 	$(PY) -m mypy
 
 bench: models

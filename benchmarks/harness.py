@@ -1,5 +1,6 @@
-"""The benchmark's processes: starting a server, driving it with the load generator, and reading
-its CPU time and RSS from /proc."""
+"""The benchmark's processes: starting servers (with the launcher the tests share,
+``devtools.server``), driving them with the load generator, and reading their CPU time from
+/proc."""
 
 from __future__ import annotations
 
@@ -14,48 +15,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+from devtools.server import REPO_ROOT, launched, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ROOT = REPO_ROOT
+# Every default model loads and warms up before /health/ready: allow a slow, shared host.
+READY_TIMEOUT_S = 300.0
 
 
 @contextmanager
 def server(
     cmd: list[str], env: dict[str, str], port: int, ready_path: str, log: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start a server, wait until ``ready_path`` answers, stop it on exit. Its output goes to
-    ``log`` (quoted when it exits early) or nowhere."""
-    with open(log or os.devnull, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:] if log else ""
-                raise RuntimeError(f"{cmd} exited with {proc.returncode}\n{tail}")
-            try:
-                if httpx.get(url + ready_path, timeout=1).status_code in (200, 405):
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """Start a server command (the naive baseline) with the shared launcher, wait until
+    ``ready_path`` answers, stop it on exit. Its output goes to ``log`` (quoted when it exits
+    early) or nowhere."""
+    with launched(
+        cmd,
+        f"http://127.0.0.1:{port}",
+        ready_path=ready_path,
+        env=env,
+        log_path=log or Path(os.devnull),
+        ready_timeout_s=READY_TIMEOUT_S,
+        ready_statuses=(200, 405),  # 405: a POST-only route answered, so the app is up
+    ) as running:
+        yield running.url, running.process
 
 
 @contextmanager
@@ -64,16 +47,14 @@ def ortserve_server(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``python -m service`` serving ``models`` on a free local port, warnings only; yields once
     every model is ready."""
-    port = free_port()
-    env = {
-        "ORTSERVE_MODEL_REPOSITORY": str(models),
-        "ORTSERVE_PORT": str(port),
-        "ORTSERVE_HOST": "127.0.0.1",
-        "ORTSERVE_LOG_LEVEL": "warning",
-        **(extra_env or {}),
-    }
-    with server([sys.executable, "-m", "service"], env, port, "/health/ready", log) as running:
-        yield running
+    with running_server(
+        models,
+        READY_TIMEOUT_S,
+        extra_env=extra_env,
+        log_path=log or Path(os.devnull),
+        log_level="warning",
+    ) as running:
+        yield running.url, running.process
 
 
 def save_results(out: Path, stem: str, report: dict[str, Any], table: str) -> Path:
@@ -136,10 +117,3 @@ def load(url: str, bodies: list[str], concurrency: int, duration_s: float) -> di
     os.unlink(f.name)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")

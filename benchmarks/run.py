@@ -43,16 +43,15 @@ import numpy as np
 
 from benchmarks.harness import (
     ROOT,
-    free_port,
     load_measured,
     median_run,
     ortserve_server,
-    rss_mb,
     save_results,
     server,
 )
 from benchmarks.report import plot, render
 from benchmarks.scenarios import Scenario, scenarios
+from devtools.server import free_port, rss_mb
 from service.runtime.model_config import load_model_config
 from service.runtime.session import CPU, OrtSession
 from service.settings import Settings

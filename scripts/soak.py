@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import math
 import os
 import random
 import statistics
@@ -40,6 +41,11 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# run as a file (python scripts/soak.py): the repository root holds the shared server launcher
+sys.path.insert(0, str(ROOT))
+
+from devtools.server import rss_mb, running_server  # noqa: E402 - needs the sys.path entry above
+
 WORDS = [
     "cat",
     "dog",
@@ -225,16 +231,6 @@ MIX: list[tuple[Request, int]] = [
 ]
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
 def find_pid(url: str) -> int | None:
     """The local process listening on the URL's port (needs psutil), or None."""
     try:
@@ -299,8 +295,8 @@ async def soak(
         async def sampler() -> None:
             while time.monotonic() < stop_at:
                 elapsed = time.monotonic() - started
-                value = rss_mb(pid) if pid else None
-                if value is not None and elapsed >= warmup_s:
+                value = rss_mb(pid) if pid else math.nan
+                if not math.isnan(value) and elapsed >= warmup_s:
                     samples.append((elapsed - warmup_s, value))
                 await asyncio.sleep(1.0)
 
@@ -308,7 +304,7 @@ async def soak(
         if pid:
             await asyncio.sleep(1.0)
             value = rss_mb(pid)
-            if value is not None:
+            if not math.isnan(value):
                 samples.append((time.monotonic() - started - warmup_s, value))
     return tally, samples
 
@@ -355,9 +351,6 @@ def report(tally: Tally, samples: list[tuple[float, float]], seconds: float) -> 
 
 @contextlib.contextmanager
 def own_server(repository: Path | None, extra_env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    sys.path.insert(0, str(ROOT))
-    from tests.support.server import running_server
-
     with contextlib.ExitStack() as stack:
         env: dict[str, str] = dict(extra_env)
         if repository is None:

@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test lint bench bench-gpu soak clean-models
+.PHONY: install install-dev serve models test test-fast lint bench bench-gpu soak clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ serve: models
 
 test: models
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q tests/unit tests/api
 
 lint: install
 	$(PY) -m ruff check service export training tests benchmarks scripts devtools

@@ -33,7 +33,7 @@ import yaml
 from benchmarks.harness import ROOT, load, load_measured, median_run, ortserve_server, save_results
 from benchmarks.run import Limit, round_ratios
 from benchmarks.scenarios import Scenario, photo_jpeg
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 from service.runtime.session import CUDA, SessionError, resolve_providers
 
 MODES = ("dynamic", "batch-1")

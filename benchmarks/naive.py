@@ -1,6 +1,6 @@
 """The naive baseline: one model behind minimal FastAPI routes that call ``session.run`` per
 request (no batcher, no worker pool; sync routes run in Starlette's thread pool). It reuses
-ortserve's pre/post-processing so that only the serving strategy differs.
+ortserve's processors (the one factory) so that only the serving strategy differs.
 
     python -m benchmarks.naive --model-dir models/all-MiniLM-L6-v2 --port 8100
 """
@@ -18,12 +18,12 @@ import onnxruntime as ort
 import uvicorn
 from fastapi import Body, FastAPI
 
-from service.runtime.model_config import load_model_config
-from service.tasks.classification import ClassifyPostprocessor
-from service.tasks.detection import DetectParams, DetectPostprocessor
-from service.tasks.embedding import TextEncoder, l2_normalise
-from service.tasks.imaging import ImageProcessor
-from service.tasks.segmentation import SegmentParams, SegmentPostprocessor
+from service.model_config import load_model_config
+from service.tasks.classification import ClassifyParams, ClassifyProcessor
+from service.tasks.detection import DetectParams, DetectProcessor
+from service.tasks.embedding import EmbedParams, EmbedProcessor
+from service.tasks.factory import processor_for
+from service.tasks.segmentation import SegmentParams
 
 
 def create_naive_app(folder: Path) -> FastAPI:
@@ -41,43 +41,37 @@ def create_naive_app(folder: Path) -> FastAPI:
         values = session.run(outputs, batched)
         return {n: (v[0] if config.batched else v) for n, v in zip(outputs, values, strict=True)}
 
-    if config.image is not None:
-        image = ImageProcessor(config.image, config.inputs[0].name, max_pixels=40_000_000)
-        post: Any = {
-            "classify": ClassifyPostprocessor(
-                outputs[0], labels, logits=config.format == "classification-logits"
-            ),
-            "detect": DetectPostprocessor(config.format, outputs),
-            "segment": SegmentPostprocessor(config.format, outputs),
-        }[config.task]
+    processor = processor_for(folder, config, labels, max_image_pixels=40_000_000)
 
-        @app.post(f"/{config.task}")
-        def vision(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
-            results: list[Any] = []
-            for item in body["images"]:
-                feeds, geo = image.preprocess(base64.b64decode(item))
-                out = run(feeds)
-                if config.task == "classify":
-                    preds = post(out, 5)
-                    results.append([{"label": p.label, "score": p.score} for p in preds])
-                elif config.task == "detect":
-                    det = post(out, geo, DetectParams())
-                    results.append({"boxes": det.boxes.tolist(), "scores": det.scores.tolist()})
-                else:
-                    seg = post(out, geo, SegmentParams())
-                    results.append({"png": getattr(seg, "png", None)})
-            return {"results": results}
-
-    else:
-        encoder = TextEncoder.for_model(folder, config)
+    if isinstance(processor, EmbedProcessor):
 
         @app.post("/embed")
         def embed(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
             texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
             vectors = []
-            for feeds, _ in encoder.encode(texts, truncate=True):
-                vectors.append(l2_normalise(run(feeds)[outputs[0]]).tolist())
+            for feeds, meta in processor.encode(texts, truncate=True):
+                vectors.append(processor.finish(run(feeds), meta, EmbedParams()).vector.tolist())
             return {"embeddings": vectors}
+
+    else:
+        vision = processor
+
+        @app.post(f"/{config.task}")
+        def images(body: dict[str, Any] = Body()) -> dict[str, Any]:  # noqa: B008
+            results: list[Any] = []
+            for item in body["images"]:
+                feeds, geo = vision.prepare(base64.b64decode(item))
+                out = run(feeds)
+                if isinstance(vision, ClassifyProcessor):
+                    preds = vision.finish(out, geo, ClassifyParams(5)).predictions
+                    results.append([{"label": p.label, "score": p.score} for p in preds])
+                elif isinstance(vision, DetectProcessor):
+                    det = vision.finish(out, geo, DetectParams()).detections
+                    results.append({"boxes": det.boxes.tolist(), "scores": det.scores.tolist()})
+                else:
+                    seg = vision.finish(out, geo, SegmentParams())
+                    results.append({"png": getattr(seg, "png", None)})
+            return {"results": results}
 
     return app
 

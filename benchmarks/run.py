@@ -52,12 +52,11 @@ from benchmarks.harness import (
 from benchmarks.report import plot, render
 from benchmarks.scenarios import Scenario, scenarios
 from devtools.server import free_port, rss_mb
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 from service.runtime.session import CPU, OrtSession
 from service.settings import Settings
-from service.tasks.base import Feeds, stack_feeds
-from service.tasks.embedding import TextEncoder, pad_feeds
-from service.tasks.imaging import ImageProcessor
+from service.tasks.base import Feeds
+from service.tasks.factory import processor_for
 
 
 # -- the limit ------------------------------------------------------------------------------------
@@ -72,22 +71,17 @@ class Limit:
         max_batch_size: int | None = None,
     ) -> None:
         folder = models / scenario.model
-        config, _ = load_model_config(folder)
+        config, labels = load_model_config(folder)
         self.session = OrtSession(folder / config.model_file, providers=providers or [CPU])
         self.providers = self.session.providers
         self.samples = scenario.samples
-        prepare: Any
-        collate: Any
-        if config.image is not None:
-            proc = ImageProcessor(config.image, config.inputs[0].name, max_pixels=10**9)
-            prepare = lambda sample: [proc.preprocess(sample)[0]]  # noqa: E731
-            collate = stack_feeds
-        else:
-            assert config.text is not None
-            enc = TextEncoder.for_model(folder, config)
-            prepare = lambda sample: [f for f, _ in enc.encode([sample], truncate=True)]  # noqa: E731
-            pad = config.text.pad_token_id
-            collate = lambda xs: pad_feeds(xs, pad)  # noqa: E731
+        # the server's own processor (the one factory), so the limit prepares exactly as it does
+        processor = processor_for(folder, config, labels, max_image_pixels=10**9)
+
+        def prepare(sample: Any) -> list[Feeds]:
+            return [processor.prepare(sample)[0]]
+
+        collate = processor.collate
         self.prepare: Callable[[Any], list[Feeds]] = prepare
         self.collate: Callable[[list[Feeds]], Feeds] = collate
         items: list[Feeds] = [feeds for sample in scenario.samples for feeds in prepare(sample)]

@@ -196,7 +196,7 @@ def export_classifier(
 
     Returns the parity report; raises ``ParityError`` (no folder written) or ``ExportError``.
     """
-    from service.runtime.model_config import ImagePreprocessing
+    from service.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
     if sum(x is not None and x is not False for x in (weights, checkpoint, random_init)) != 1:

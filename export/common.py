@@ -131,7 +131,7 @@ def write_model_folder(
     The folder is staged next to ``out``, validated with the service's config loader, and only
     then renamed into place; an existing ``out`` is replaced, never left half-written.
     """
-    from service.runtime.model_config import ConfigError, load_model_config
+    from service.model_config import ConfigError, load_model_config
 
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,7 @@ def load_ultralytics(weights: str) -> YoloModel:
 def export_yolo(
     weights: str, out: Path, *, size: int = 640, max_batch_size: int = 8, opset: int = DEFAULT_OPSET
 ) -> dict[str, Any]:
-    from service.runtime.model_config import ImagePreprocessing
+    from service.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
     yolo = load_ultralytics(weights)

@@ -90,7 +90,7 @@ def export_semantic(
     max_batch_size: int = 4,
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    from service.runtime.model_config import ImagePreprocessing
+    from service.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
     if arch not in SEMANTIC:
@@ -251,7 +251,7 @@ def export_unet(
 ) -> dict[str, Any]:
     """A U-Net checkpoint (or, with ``checkpoint=None``, a randomly initialised one) → model
     folder; parity on real photos letterboxed as the service will feed them."""
-    from service.runtime.model_config import ImagePreprocessing
+    from service.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
     if size % 32:

@@ -11,7 +11,7 @@ import logging
 import uvicorn
 
 from service.app import create_app
-from service.metrics import JsonFormatter
+from service.logs import JsonFormatter
 from service.settings import Settings
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
-from service.api import classify, demo, detect, embed, health, openai, segment, v2
+from service.api import classify, demo, detect, embed, health, openai, repository, segment, v2
 from service.api import openapi as openapi_docs
 from service.api.deps import check_api_key
-from service.errors import ServiceError
+from service.errors import INTERNAL_MESSAGE, ServiceError, service_body
+from service.inference import Inference
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import BodyLimitMiddleware, RequestIdMiddleware, error_body, request_id_var
 from service.runtime.registry import ModelRegistry
@@ -36,13 +38,7 @@ def _error(
     headers: dict[str, str] | None = None,
     details: list[dict[str, object]] | None = None,
 ) -> JSONResponse:
-    body: dict[str, object] = {
-        "error": message,
-        "error_type": error_type,
-        "request_id": request_id_var.get(),
-    }
-    if details is not None:
-        body["details"] = details
+    body = service_body(message, error_type, request_id_var.get(), details)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -84,9 +80,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("request %s: unexpected error", request_id_var.get(), exc_info=exc)
-        return _error(
-            500, "internal error; see the server log for this request id", "internal_error"
-        )
+        return _error(500, INTERNAL_MESSAGE, "internal_error")
 
 
 def _summary(details: list[dict[str, object]]) -> str:
@@ -104,22 +98,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = ThreadPoolExecutor(
+        pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
         )
-        registry = ModelRegistry(settings, observer_factory=metrics.batch_observer)
+        registry = ModelRegistry(settings, observer=metrics)
         app.state.registry = registry
+        app.state.inference = Inference(registry, pool, settings)
         # loading and warm-up block: keep them off the event loop so /health/live answers
         await asyncio.to_thread(registry.load)
         registry.start()
+        watcher = (
+            asyncio.get_running_loop().create_task(registry.watch(), name="repository-poll")
+            if settings.model_control == "poll"
+            else None
+        )
         app.state.ready = True
-        log.info("ready: %d model(s) from %s", len(registry.models), settings.model_repository)
+        log.info(
+            "ready: %d model(s) from %s (model control: %s)",
+            len(registry.models),
+            settings.model_repository,
+            settings.model_control,
+        )
         try:
             yield
         finally:
             app.state.ready = False
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await registry.stop()
-            app.state.pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="ortserve",
@@ -137,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.models_router, dependencies=protected)
     app.include_router(health.router)
     app.include_router(v2.router, dependencies=protected)
+    app.include_router(repository.router, dependencies=protected)
     app.include_router(v2.health_router)
     app.include_router(openai.router, dependencies=protected)
     app.include_router(demo.router)

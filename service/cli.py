@@ -11,6 +11,7 @@ only the environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -23,9 +24,10 @@ import click
 from pydantic import ValidationError
 
 from service import __version__
-from service.runtime.model_config import ConfigError, ModelConfig, load_model_config
-from service.runtime.registry import ModelRegistry, ServedModel
-from service.runtime.session import SessionError, resolve_providers
+from service.model_config import ConfigError, ModelConfig, load_model_config
+from service.runtime.model import describe_failure
+from service.runtime.registry import ModelRegistry, model_versions, repository_folders
+from service.runtime.session import SessionError
 from service.settings import Settings
 
 # secrets on a command line end up in `ps` and shell history: these stay environment-only
@@ -150,33 +152,44 @@ def _row(name: str, config: ModelConfig | None) -> ModelRow:
 
 
 def _check_config(folder: Path) -> ModelRow:
-    """Config and files only: no ONNX Runtime."""
-    try:
-        config, _ = load_model_config(folder)
-    except ConfigError as exc:
-        return ModelRow(folder.name, status="failed", error=str(exc))
-    row = _row(folder.name, config)
-    if not (folder / config.model_file).is_file():
-        row.status = "failed"
-        row.error = f"model {folder.name!r}: model_file {config.model_file!r} not found"
+    """Config and files only (every version folder): no ONNX Runtime."""
+    row = ModelRow(folder.name)
+    for version, path in sorted(model_versions(folder).items()):
+        try:
+            config, _ = load_model_config(path, folder.name)
+        except ConfigError as exc:
+            return ModelRow(folder.name, status="failed", error=str(exc))
+        row = _row(folder.name, config)
+        if not (path / config.model_file).is_file():
+            row.status = "failed"
+            row.error = f"model {folder.name!r} version {version}: model_file {config.model_file!r} not found"
+            return row
     return row
 
 
-def _validate(folder: Path, registry: ModelRegistry, providers: list[str]) -> ModelRow:
+def _validate(folder: Path, registry: ModelRegistry) -> ModelRow:
     """What start-up does for one model: config, ONNX session, graph check, warm-up run."""
-    served = ServedModel(folder.name, folder)
     try:
-        # the registry's own per-model loader, so this check can never drift from start-up
-        registry._load_one(served, providers)
-    except (ConfigError, SessionError) as exc:
-        row = _row(folder.name, served.config)
-        row.status, row.error = "failed", str(exc)
+        # the registry's own builder (and through it the one processor factory), so this check
+        # can never drift from start-up
+        built = registry.build(folder.name, folder)
+    except Exception as exc:
+        config = None
+        with contextlib.suppress(ConfigError):
+            config = _newest_config(folder)
+        row = _row(folder.name, config)
+        row.status, row.error = "failed", describe_failure(folder.name, exc)
         return row
-    row = _row(folder.name, served.config)
+    latest = built[max(built)]
+    row = _row(folder.name, latest.config)
     row.status = "ready"
-    if served.session is not None:
-        row.provider = served.session.provider.removesuffix("ExecutionProvider")
+    row.provider = latest.session.provider.removesuffix("ExecutionProvider")
     return row
+
+
+def _newest_config(folder: Path) -> ModelConfig | None:
+    versions = model_versions(folder)
+    return load_model_config(versions[max(versions)], folder.name)[0] if versions else None
 
 
 def _table(rows: Sequence[ModelRow], validated: bool) -> str:
@@ -225,14 +238,14 @@ def models(repository: Path | None, validate: bool, providers: str, as_json: boo
     root = settings.model_repository
     if not root.is_dir():
         raise click.ClickException(f"model repository {str(root)!r} is not a directory")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").exists())
+    folders = list(repository_folders(root).values())
     rows: list[ModelRow] = []
     if validate:
+        registry = ModelRegistry(settings)
         try:
-            chosen = resolve_providers(settings.providers, settings.require_cuda)
+            registry.providers  # noqa: B018 - fail early on require_cuda without CUDA
         except SessionError as exc:
             raise click.ClickException(str(exc)) from None
-        registry = ModelRegistry(settings)
         if sys.stderr.isatty():  # a bar in a terminal; CI logs get just the table
             with click.progressbar(
                 folders,
@@ -240,9 +253,9 @@ def models(repository: Path | None, validate: bool, providers: str, as_json: boo
                 item_show_func=lambda p: p.name if p is not None else None,
                 file=sys.stderr,
             ) as bar:
-                rows = [_validate(folder, registry, chosen) for folder in bar]
+                rows = [_validate(folder, registry) for folder in bar]
         else:
-            rows = [_validate(folder, registry, chosen) for folder in folders]
+            rows = [_validate(folder, registry) for folder in folders]
     else:
         rows = [_check_config(folder) for folder in folders]
     failed = [r for r in rows if r.status == "failed"]

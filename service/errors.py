@@ -22,6 +22,20 @@ class BadRequestError(ServiceError):
     error_type = "bad_request"
 
 
+class ParamError(BadRequestError):
+    """A 400 that names the request field at fault (OpenAI's ``param``)."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class LoadFailedError(BadRequestError):
+    """A model (re)load that did not succeed; whatever served before still serves."""
+
+    error_type = "load_failed"
+
+
 class InvalidImageError(BadRequestError):
     error_type = "invalid_image"
 
@@ -83,3 +97,53 @@ class ClientDisconnectedError(ServiceError):
 class DeadlineExceededError(ServiceError):
     status_code = 504
     error_type = "deadline_exceeded"
+
+
+# -- the response bodies: every error a client sees is rendered by one of these two ------------
+INTERNAL_MESSAGE = "internal error; quote this request_id to the operator"
+
+
+def service_body(
+    message: str,
+    error_type: str,
+    request_id: str,
+    details: list[dict[str, object]] | None = None,
+) -> dict[str, object]:
+    """The service's shape: ``{"error", "error_type", "request_id"}`` (+ ``details`` for 422)."""
+    body: dict[str, object] = {
+        "error": message,
+        "error_type": error_type,
+        "request_id": request_id,
+    }
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def openai_body(
+    status: int, message: str, code: str, param: str | None = None
+) -> dict[str, object]:
+    """OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {
+        "error": {"message": message, "type": openai_type(status), "param": param, "code": code}
+    }
+
+
+def openai_status(error: ServiceError) -> int:
+    """OpenAI answers every invalid request with 400 (422 is ours for bad values)."""
+    return 400 if error.status_code == 422 else error.status_code
+
+
+def openai_code(error: ServiceError) -> str:
+    return "invalid_api_key" if error.status_code == 401 else error.error_type

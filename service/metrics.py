@@ -1,4 +1,4 @@
-"""Prometheus metrics, the access log and JSON log formatting.
+"""Prometheus metrics and the access log.
 
 Each app owns its CollectorRegistry (no process-global state), so several apps can live in one
 process (tests) and nothing is registered twice.
@@ -6,15 +6,14 @@ process (tests) and nothing is registered twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.middleware import request_id_var
+from service.runtime.batcher import BatchObserver
 
 access_log = logging.getLogger("service.access")
 
@@ -94,8 +93,45 @@ class Metrics:
         self.model_ready = Gauge(
             "ortserve_model_ready", "1 if the model is serving, else 0.", ["model"], registry=r
         )
+        self.model_loads = Counter(
+            "ortserve_model_loads",
+            "Model (re)loads by result (ok, failed), start-up included.",
+            ["model", "result"],
+            registry=r,
+        )
+        self.load_duration = Histogram(
+            "ortserve_model_load_duration_seconds",
+            "Time to build and warm up a model's serving versions at runtime.",
+            ["model"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=r,
+        )
+        self.serving_version = Gauge(
+            "ortserve_model_serving_version",
+            "The latest version a model serves (absent once unloaded).",
+            ["model"],
+            registry=r,
+        )
 
-    def batch_observer(self, model: str) -> Any:
+    # -- service.runtime.registry.LifecycleObserver ---------------------------------------------
+    def model_loaded(self, model: str, versions: list[int], seconds: float) -> None:
+        self.model_loads.labels(model, "ok").inc()
+        if seconds > 0:  # start-up loads are timed by the start-up itself
+            self.load_duration.labels(model).observe(seconds)
+        self.serving_version.labels(model).set(max(versions))
+
+    def load_failed(self, model: str) -> None:
+        self.model_loads.labels(model, "failed").inc()
+
+    def model_unloaded(self, model: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.serving_version.remove(model)
+        with contextlib.suppress(KeyError):
+            self.model_ready.remove(model)
+        with contextlib.suppress(KeyError):
+            self.queue_depth.remove(model)
+
+    def batch_observer(self, model: str) -> BatchObserver:
         batch_size = self.batch_size.labels(model)
         queue_wait = self.queue_wait.labels(model)
         inference = self.inference.labels(model)
@@ -154,25 +190,3 @@ class MetricsMiddleware:
                     "method": scope["method"],
                 },
             )
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id and any extras."""
-
-    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-        "message",
-        "asctime",
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": request_id_var.get(),
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError
+from service.errors import INTERNAL_MESSAGE, PayloadTooLargeError, openai_body, service_body
 
 log = logging.getLogger("service")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -21,7 +21,7 @@ OPENAI_PATH = "/v1/embeddings"  # answers errors in OpenAI's shape (service.api.
 
 
 def error_body(message: str, error_type: str, request_id: str) -> bytes:
-    return orjson.dumps({"error": message, "error_type": error_type, "request_id": request_id})
+    return orjson.dumps(service_body(message, error_type, request_id))
 
 
 class RequestIdMiddleware:
@@ -62,11 +62,7 @@ class RequestIdMiddleware:
             log.exception("request %s: unexpected error", request_id)
             if response_started:
                 raise
-            body = error_body(
-                "internal error; quote this request_id to the operator",
-                "internal_error",
-                request_id,
-            )
+            body = error_body(INTERNAL_MESSAGE, "internal_error", request_id)
             await send_with_id(
                 {
                     "type": "http.response.start",
@@ -124,8 +120,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         if scope["path"].startswith(OPENAI_PATH):  # the error shape that route documents
-            openai = {"message": self._message(), "type": "invalid_request_error"}
-            body = orjson.dumps({"error": {**openai, "param": None, "code": "payload_too_large"}})
+            body = orjson.dumps(openai_body(413, self._message(), "payload_too_large"))
         else:
             body = error_body(self._message(), "payload_too_large", request_id_var.get())
         headers: list[Any] = [

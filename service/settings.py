@@ -56,7 +56,22 @@ class Settings(BaseSettings):
         default="text", description="json: one object per line."
     )
     strict_startup: bool = Field(
-        default=True, description="A model that fails to load stops the service."
+        default=True, description="A model that fails to load at start-up stops the service."
+    )
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        default="none",
+        description=(
+            "none: the models loaded at start-up are final; poll: the repository is rescanned "
+            "every repository_poll_s and added, changed and removed folders are loaded, "
+            "reloaded and unloaded; explicit: POST /v2/repository/models/{name}/load|unload."
+        ),
+    )
+    repository_poll_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Poll mode: seconds between repository scans."
+    )
+    startup_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Explicit mode: comma-separated models to load at start-up; * = all.",
     )
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
@@ -77,7 +92,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # NoDecode + this validator: plain comma-separated values in the environment, not JSON
-    _split_lists = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    _split_lists = field_validator("api_keys", "cors_origins", "startup_models", mode="before")(
+        _split_csv
+    )
 
     @property
     def preprocess_workers(self) -> int:

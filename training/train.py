@@ -23,7 +23,7 @@ from torchvision.ops import generalized_box_iou_loss
 from export.common import export_onnx, set_metadata, write_model_folder
 from export.segmentation import export_unet_model
 from export.verify import check_parity
-from service.runtime.model_config import ImagePreprocessing
+from service.model_config import ImagePreprocessing
 from service.tasks.imaging import DecodedImage, input_tensor
 from training.common import Progress, dihedral, one_cycle, samples, save_checkpoint
 from training.maskrcnn import train_maskrcnn

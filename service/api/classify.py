@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import RequestContext, get_model, read_images_request
+from service.api.deps import budget_for, inference_of, read_images_request, timing_headers
 from service.api.openapi import images_body
 from service.schemas.common import error_responses
-from service.schemas.vision import (
-    ClassifyRequest,
-    ClassifyResponse,
-    ClassifyResult,
-    ClassPrediction,
-)
-from service.tasks.base import Outputs
-from service.tasks.classification import Prediction
-from service.tasks.imaging import Geometry
+from service.schemas.vision import ClassifyRequest, ClassifyResponse
+from service.tasks.classification import ClassifyParams, ClassifyProcessor
 
 router = APIRouter(tags=["vision"])
 
@@ -29,26 +22,13 @@ router = APIRouter(tags=["vision"])
     responses=error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
 )
 async def classify(request: Request, response: Response) -> ClassifyResponse:
-    ctx = RequestContext.start(request)
+    budget = budget_for(request)
     params, images = await read_images_request(request, ClassifyRequest)
-    served = get_model(request, params.model, "classify")
-    post = served.postprocess
-
-    def postprocess(outputs: Outputs, _geo: Geometry) -> list[Prediction]:
-        return post(outputs, params.top_k)  # type: ignore[no-any-return]
-
-    # softmax + top-k over one row: tens of microseconds
-    results = await ctx.run_images(served, images, postprocess, inline_postprocess=True)
-    ctx.headers(response)
-    return ClassifyResponse(
-        model=served.name,
-        results=[
-            ClassifyResult(
-                predictions=[
-                    ClassPrediction(label=p.label, class_id=p.class_id, score=p.score)
-                    for p in preds
-                ]
-            )
-            for preds in results
-        ],
-    )
+    inference = inference_of(request)
+    async with inference.lease(params.model, "classify", params.model_version, budget) as model:
+        processor = model.processor_as(ClassifyProcessor)
+        results = await inference.run(
+            model, processor, images, ClassifyParams(params.top_k), budget
+        )
+    timing_headers(response, budget)
+    return ClassifyResponse.from_results(model.name, results)

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import render
-from service.api.deps import RequestContext, get_model, read_images_request, settings_of
+from service.api.deps import (
+    budget_for,
+    inference_of,
+    read_images_request,
+    settings_of,
+    timing_headers,
+)
 from service.api.openapi import images_body
 from service.errors import BadRequestError
-from service.schemas.common import Box, error_responses
-from service.schemas.vision import (
-    Detection,
-    DetectRequest,
-    DetectResponse,
-    DetectResult,
-    rendered_responses,
-)
-from service.tasks.base import Outputs
-from service.tasks.classification import label_for
-from service.tasks.detection import Detections, DetectParams
-from service.tasks.imaging import Geometry
+from service.schemas.common import error_responses
+from service.schemas.vision import DetectRequest, DetectResponse, rendered_responses
+from service.tasks import render
+from service.tasks.detection import DetectProcessor
 
 router = APIRouter(tags=["vision"])
 
@@ -39,57 +36,33 @@ router = APIRouter(tags=["vision"])
     },
 )
 async def detect(request: Request, response: Response) -> DetectResponse | Response:
-    ctx = RequestContext.start(request)
+    budget = budget_for(request)
     params, images = await read_images_request(request, DetectRequest)
     if params.render and len(images) != 1:
         raise BadRequestError(f"render=true draws one image; this request has {len(images)}")
-    served = get_model(request, params.model, "detect")
-    labels = served.labels
-    class_ids = None
-    if params.classes is not None:
-        unknown = sorted(set(params.classes) - set(labels))
-        if unknown:
-            raise BadRequestError(f"classes {unknown} are not labels of model {served.name!r}")
-        class_ids = frozenset(i for i, label in enumerate(labels) if label in set(params.classes))
-    det_params = DetectParams(params.confidence, params.iou, params.max_detections, class_ids)
-    post = served.postprocess
-
-    def postprocess(outputs: Outputs, geo: Geometry) -> tuple[Detections, Geometry]:
-        return post(outputs, geo, det_params), geo
-
-    results = await ctx.run_images(served, images, postprocess)
+    inference = inference_of(request)
+    async with inference.lease(params.model, "detect", params.model_version, budget) as model:
+        processor = model.processor_as(DetectProcessor)
+        det_params = processor.params(
+            model=model.name,
+            confidence=params.confidence,
+            iou=params.iou,
+            max_detections=params.max_detections,
+            classes=params.classes,
+        )
+        results = await inference.run(model, processor, images, det_params, budget)
     if params.render:
-        picture = await ctx.in_pool(
+        picture = await inference.in_pool(
             lambda: render.detections_picture(
                 images[0],
-                results[0][0],
-                labels,
+                results[0].detections,
+                processor.labels,
                 params.render_format,
                 max_pixels=settings_of(request).max_image_pixels,
             )
         )
-        rendered = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
-        ctx.headers(rendered)
-        return rendered
-    ctx.headers(response)
-    return DetectResponse(
-        model=served.name,
-        results=[
-            DetectResult(
-                width=geo.orig_w,
-                height=geo.orig_h,
-                detections=[
-                    Detection(
-                        label=label_for(labels, int(c)),
-                        class_id=int(c),
-                        score=float(s),
-                        box=Box(x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3])),
-                    )
-                    for b, s, c in zip(
-                        det.boxes.tolist(), det.scores.tolist(), det.class_ids.tolist(), strict=True
-                    )
-                ],
-            )
-            for det, geo in results
-        ],
-    )
+        response = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
+        timing_headers(response, budget)
+        return response
+    timing_headers(response, budget)
+    return DetectResponse.from_results(model.name, results)

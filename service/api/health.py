@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import registry_of, settings_of
 from service.errors import ModelNotFoundError
-from service.runtime.registry import ServedModel
-from service.schemas.common import BatchingInfo, ModelInfo, ModelList, TensorInfo
+from service.runtime.registry import ModelEntry
+from service.schemas.common import BatchingInfo, ModelInfo, ModelList, TensorInfo, VersionInfo
 
 router = APIRouter(tags=["health"])
 models_router = APIRouter(tags=["models"])
@@ -31,9 +31,9 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     registry = getattr(state, "registry", None)
     m = state.metrics
-    for name, served in registry.models.items() if registry else []:
-        m.model_ready.labels(name).set(1.0 if served.ready else 0.0)
-        m.queue_depth.labels(name).set(served.batcher.queue_depth if served.batcher else 0)
+    for name, entry in registry.models.items() if registry else []:
+        m.model_ready.labels(name).set(1.0 if entry.ready else 0.0)
+        m.queue_depth.labels(name).set(sum(v.batcher.queue_depth for v in entry.serving.values()))
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -53,31 +53,42 @@ async def live() -> Liveness:
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     registry = getattr(state, "registry", None)
-    models = {
-        name: m.status if m.ready or m.status != "ready" else "unhealthy"
-        for name, m in (registry.models.items() if registry else [])
-    }
-    strict = settings_of(request).strict_startup
-    settled = all(s == "ready" or (s == "failed" and not strict) for s in models.values())
+    models = {name: status_of(m) for name, m in (registry.models.items() if registry else [])}
+    settings = settings_of(request)
+    # with a fixed model set (control none), a failed model keeps a strict server unready; a
+    # managed repository (poll, explicit) may hold failed or no models and still serve the rest
+    fixed = settings.model_control == "none"
+    tolerated = not (fixed and settings.strict_startup)
+    settled = all(s == "ready" or (s == "failed" and tolerated) for s in models.values())
     is_ready = (
         bool(getattr(state, "ready", False))
         and settled
-        and any(s == "ready" for s in models.values())
+        and (any(s == "ready" for s in models.values()) or not fixed)
     )
     body = Readiness(status="ready" if is_ready else "not_ready", models=models)
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
 
 
-def model_info(served: ServedModel, defaults: list[str]) -> ModelInfo:
-    config = served.config
+def status_of(entry: ModelEntry) -> str:
+    """loading, ready or failed; unhealthy when it should serve but a batcher has died."""
+    return entry.status if entry.ready or entry.status != "ready" else "unhealthy"
+
+
+def model_info(entry: ModelEntry, defaults: list[str]) -> ModelInfo:
+    config = entry.config
+    latest = entry.latest
     info = ModelInfo(
-        name=served.name,
+        name=entry.name,
         task=config.task if config else None,
         format=config.format if config else None,
-        status=served.status if served.ready or served.status != "ready" else "unhealthy",
-        error=served.error,
-        labels=len(served.labels),
+        status=status_of(entry),
+        error=entry.error,
+        labels=len(latest.labels) if latest else 0,
         default_for=defaults,
+        versions=[
+            VersionInfo(version=v, status="ready" if m.ready else "unhealthy")
+            for v, m in sorted(entry.serving.items())
+        ],
     )
     if config is not None:
         info.inputs = [TensorInfo(name=t.name, dtype=t.dtype, dims=t.dims) for t in config.inputs]
@@ -88,11 +99,10 @@ def model_info(served: ServedModel, defaults: list[str]) -> ModelInfo:
             max_delay_ms=b.max_delay_ms,
             max_queue_size=b.max_queue_size,
         )
-    if served.session is not None:
-        info.providers = served.session.providers
-    if served.batcher is not None and info.batching is not None:
-        stats = served.batcher.stats
-        info.batching.queue_depth = served.batcher.queue_depth
+    if latest is not None and info.batching is not None:
+        info.providers = latest.session.providers
+        stats = latest.batcher.stats
+        info.batching.queue_depth = latest.batcher.queue_depth
         info.batching.mean_batch_size = round(stats.mean_batch_size, 3)
         info.batching.batches = stats.batches
         info.batching.items = stats.items

@@ -20,10 +20,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from service.api.deps import RequestContext, read_json_request
-from service.api.embed import embed_texts
+from service.api.deps import budget_for, inference_of, read_json_request, timing_headers
 from service.api.openapi import json_body
-from service.errors import BadRequestError, ServiceError
+from service.errors import ParamError, ServiceError, openai_body, openai_code, openai_status
 from service.middleware import request_id_var
 from service.schemas.openai import (
     EmbeddingData,
@@ -32,27 +31,9 @@ from service.schemas.openai import (
     EmbeddingsUsage,
     OpenAIErrorResponse,
 )
-from service.tasks.embedding import l2_normalise
+from service.tasks.embedding import EmbedParams
 
 log = logging.getLogger("service")
-
-
-class ParamError(BadRequestError):
-    """A 400 that names the request field at fault (OpenAI's ``param``)."""
-
-    def __init__(self, message: str, *, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def _error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
 
 
 def openai_error(
@@ -62,10 +43,9 @@ def openai_error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {
-        "error": {"message": message, "type": _error_type(status), "param": param, "code": code}
-    }
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(
+        openai_body(status, message, code, param), status_code=status, headers=headers
+    )
 
 
 def _validation_response(errors: Sequence[Any]) -> JSONResponse:
@@ -91,13 +71,11 @@ class OpenAIRoute(APIRoute):
             except ServiceError as exc:
                 if exc.status_code >= 500:
                     log.warning("request %s failed: %s", request_id_var.get(), exc.message)
-                # OpenAI answers every invalid request with 400 (422 is ours for bad values)
-                status = 400 if exc.status_code == 422 else exc.status_code
                 return openai_error(
-                    status,
+                    openai_status(exc),
                     exc.message,
-                    "invalid_api_key" if exc.status_code == 401 else exc.error_type,
-                    getattr(exc, "param", None),
+                    openai_code(exc),
+                    exc.param if isinstance(exc, ParamError) else None,
                     exc.headers,
                 )
             except (RequestValidationError, ValidationError) as exc:
@@ -142,26 +120,23 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     },
 )
 async def create_embeddings(request: Request, response: Response) -> EmbeddingsResponse:
-    ctx = RequestContext.start(request)
+    budget = budget_for(request)
     params = await read_json_request(request, EmbeddingsRequest)
     texts = _texts(params.input)
-    result = await embed_texts(
-        ctx, texts, model=params.model, normalize=True, truncate=True, field="input"
+    result = await inference_of(request).embed(
+        params.model,
+        None,
+        texts,
+        EmbedParams(normalize=True, dimensions=params.dimensions),
+        budget,
+        truncate=True,
+        field="input",
     )
-    vectors = result.vectors
-    size = int(vectors[0].shape[0])
-    if params.dimensions is not None and params.dimensions != size:
-        if params.dimensions > size:
-            raise ParamError(
-                f"dimensions is {params.dimensions} but model {result.model!r} has {size}",
-                param="dimensions",
-            )
-        vectors = [l2_normalise(v[: params.dimensions]) for v in vectors]
-    ctx.headers(response)
+    timing_headers(response, budget)
     return EmbeddingsResponse(
         data=[
             EmbeddingData(index=i, embedding=_encode(v, params.encoding_format))
-            for i, v in enumerate(vectors)
+            for i, v in enumerate(result.vectors)
         ],
         model=result.model,
         usage=EmbeddingsUsage(prompt_tokens=result.tokens, total_tokens=result.tokens),

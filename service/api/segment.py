@@ -4,27 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import render
-from service.api.deps import RequestContext, get_model, read_images_request, settings_of
+from service.api.deps import (
+    budget_for,
+    inference_of,
+    read_images_request,
+    settings_of,
+    timing_headers,
+)
 from service.api.openapi import images_body
 from service.errors import BadRequestError
-from service.runtime.registry import ServedModel
-from service.schemas.common import Box, error_responses
-from service.schemas.vision import (
-    ClassArea,
-    InstanceMask,
-    InstanceResult,
-    PngMask,
-    RleMask,
-    SegmentRequest,
-    SegmentResponse,
-    SemanticResult,
-    rendered_responses,
-)
-from service.tasks import segmentation as seg
-from service.tasks.base import Outputs
-from service.tasks.classification import label_for
-from service.tasks.imaging import Geometry
+from service.schemas.common import error_responses
+from service.schemas.vision import SegmentRequest, SegmentResponse, rendered_responses
+from service.tasks import render
+from service.tasks.segmentation import SegmentParams, SegmentProcessor
 
 router = APIRouter(tags=["vision"])
 
@@ -44,85 +36,29 @@ router = APIRouter(tags=["vision"])
     },
 )
 async def segment(request: Request, response: Response) -> SegmentResponse | Response:
-    ctx = RequestContext.start(request)
+    budget = budget_for(request)
     params, images = await read_images_request(request, SegmentRequest)
     if params.render and len(images) != 1:
         raise BadRequestError(f"render=true draws one image; this request has {len(images)}")
-    served = get_model(request, params.model, "segment")
-    labels = served.labels
-    seg_params = seg.SegmentParams(params.confidence, params.mask_format, params.iou)
-    post = served.postprocess
-
-    def postprocess(
-        outputs: Outputs, geo: Geometry
-    ) -> tuple[seg.SemanticResult | list[seg.Instance], Geometry]:
-        return post(outputs, geo, seg_params), geo
-
+    # a picture is drawn from the class map itself: no PNG or RLE round trip
+    mask_format = "map" if params.render else params.mask_format
+    seg_params = SegmentParams(params.confidence, mask_format, params.iou)
+    inference = inference_of(request)
+    async with inference.lease(params.model, "segment", params.model_version, budget) as model:
+        processor = model.processor_as(SegmentProcessor)
+        results = await inference.run(model, processor, images, seg_params, budget)
     if params.render:
-        return await _rendered(ctx, served, images[0], seg_params, params.render_format)
-    results = await ctx.run_images(served, images, postprocess)
-    ctx.headers(response)
-    out: list[SemanticResult | InstanceResult] = []
-    for result, geo in results:
-        if isinstance(result, seg.SemanticResult):
-            out.append(
-                SemanticResult(
-                    width=geo.orig_w,
-                    height=geo.orig_h,
-                    mask=PngMask(data=result.png) if result.png is not None else None,
-                    classes=[
-                        ClassArea(
-                            class_id=a.class_id,
-                            label=label_for(labels, a.class_id),
-                            pixels=a.pixels,
-                            fraction=a.fraction,
-                            mask=RleMask(**result.rle[a.class_id]) if result.rle else None,  # type: ignore[arg-type]
-                        )
-                        for a in result.areas
-                    ],
-                )
+        picture = await inference.in_pool(
+            lambda: render.segmentation_picture(
+                images[0],
+                results[0],
+                processor.labels,
+                params.render_format,
+                max_pixels=settings_of(request).max_image_pixels,
             )
-        else:
-            out.append(
-                InstanceResult(
-                    width=geo.orig_w,
-                    height=geo.orig_h,
-                    instances=[
-                        InstanceMask(
-                            label=label_for(labels, inst.class_id),
-                            class_id=inst.class_id,
-                            score=inst.score,
-                            box=Box(x1=inst.box[0], y1=inst.box[1], x2=inst.box[2], y2=inst.box[3]),
-                            mask=RleMask(**inst.rle),  # type: ignore[arg-type]
-                        )
-                        for inst in result
-                    ],
-                )
-            )
-    return SegmentResponse(model=served.name, results=out)
-
-
-async def _rendered(
-    ctx: RequestContext,
-    served: ServedModel,
-    image: bytes,
-    seg_params: seg.SegmentParams,
-    fmt: render.RenderFormat,
-) -> Response:
-    """The picture: semantic class map as an overlay with a legend, or outlined instances."""
-    post = served.postprocess
-    labels = served.labels
-    max_pixels = settings_of(ctx.request).max_image_pixels
-
-    def draw(outputs: Outputs, geo: Geometry) -> bytes:
-        if post.instance:
-            instances = post(outputs, geo, seg_params)
-            return render.instances_picture(image, instances, labels, fmt, max_pixels=max_pixels)
-        # the class map itself: no PNG or RLE round trip for drawing
-        class_map = seg.semantic_class_map(outputs[post.output_names[0]], geo)
-        return render.semantic_picture(image, class_map, labels, fmt, max_pixels=max_pixels)
-
-    [picture] = await ctx.run_images(served, [image], draw)
-    rendered = Response(picture, media_type=render.MEDIA_TYPES[fmt])
-    ctx.headers(rendered)
-    return rendered
+        )
+        response = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
+        timing_headers(response, budget)
+        return response
+    timing_headers(response, budget)
+    return SegmentResponse.from_results(model.name, results)

@@ -21,19 +21,19 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.api import health
-from service.api.deps import RequestContext, gather_or_cancel, registry_of, settings_of
+from service.api.deps import budget_for, inference_of, registry_of, settings_of, timing_headers
 from service.api.openapi import json_body
 from service.api.v2_codec import (
     CONFIG_TO_V2,
     TRITON_TYPES,
-    VERSION,
     decode_request,
     encode_response,
     v2_shape,
 )
 from service.errors import ModelNotFoundError, NotReadyError
-from service.runtime.model_config import ModelConfig, TensorSpec
-from service.runtime.registry import ServedModel, not_ready_message
+from service.model_config import TensorSpec
+from service.runtime.model import LoadedModel
+from service.runtime.registry import ModelEntry, not_ready_message
 from service.schemas.common import error_responses
 from service.schemas.v2 import (
     InferRequest,
@@ -44,39 +44,37 @@ from service.schemas.v2 import (
     ServerMetadata,
     TensorMetadata,
 )
+from service.tasks.embedding import EmbedProcessor
 
 router = APIRouter(tags=["v2"])
 health_router = APIRouter(tags=["v2"])
 
 PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
 
 # -- lookups ---------------------------------------------------------------------------------
-def _served(request: Request, name: str, version: str | None) -> ServedModel:
-    served = registry_of(request).models.get(name)
-    if served is None:
-        raise ModelNotFoundError(f"model {name!r} does not exist; GET /v1/models lists them")
-    if version is not None and version != VERSION:
-        raise ModelNotFoundError(
-            f"model {name!r} has no version {version!r}; it serves {VERSION!r}"
-        )
-    request.state.model = served.name
-    return served
+def _entry(request: Request, name: str) -> ModelEntry:
+    entry = registry_of(request).entry(name)
+    request.state.model = entry.name
+    return entry
 
 
-def _config(served: ServedModel) -> ModelConfig:
-    if served.config is None:
-        raise NotReadyError(not_ready_message(served))
-    return served.config
+def _version(name: str, version: str | None) -> int | None:
+    if version is None:
+        return None
+    if not version.isdigit():
+        raise ModelNotFoundError(f"model {name!r} has no version {version!r}")
+    return int(version)
 
 
-def _ready(served: ServedModel) -> ModelConfig:
-    config = _config(served)
-    if not served.ready:
-        raise NotReadyError(not_ready_message(served))
-    return config
+def _model(request: Request, name: str, version: str | None) -> LoadedModel:
+    """A version's model for metadata (any status but failed); the latest when None."""
+    entry = _entry(request, name)
+    if not entry.serving:
+        raise NotReadyError(not_ready_message(entry))
+    return entry.version(_version(name, version))
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -102,8 +100,9 @@ async def server_ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-def _metadata(served: ServedModel) -> ModelMetadata:
-    config = _config(served)
+def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata:
+    model = _model(request, name, version)
+    config = model.config
 
     def tensors(specs: list[TensorSpec]) -> list[TensorMetadata]:
         return [
@@ -114,8 +113,8 @@ def _metadata(served: ServedModel) -> ModelMetadata:
         ]
 
     return ModelMetadata(
-        name=served.name,
-        versions=[VERSION],
+        name=model.name,
+        versions=[str(v) for v in sorted(_entry(request, name).serving)],
         platform=PLATFORM,
         inputs=tensors(config.inputs),
         outputs=tensors(config.outputs),
@@ -132,7 +131,7 @@ _MODEL_ERRORS = error_responses(401, 404, 503)
     responses=_MODEL_ERRORS,
 )
 async def model_metadata(name: str, request: Request) -> ModelMetadata:
-    return _metadata(_served(request, name, None))
+    return _metadata(request, name, None)
 
 
 @router.get(
@@ -142,11 +141,20 @@ async def model_metadata(name: str, request: Request) -> ModelMetadata:
     responses=_MODEL_ERRORS,
 )
 async def model_version_metadata(name: str, version: str, request: Request) -> ModelMetadata:
-    return _metadata(_served(request, name, version))
+    return _metadata(request, name, version)
 
 
-def _ready_response(served: ServedModel) -> JSONResponse:
-    return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
+def _ready_response(request: Request, name: str, version: str | None) -> JSONResponse:
+    entry = _entry(request, name)
+    wanted = _version(name, version)
+    if wanted is None:
+        ready = entry.ready
+    else:
+        model = entry.serving.get(wanted)
+        if model is None and entry.status != "loading":
+            raise ModelNotFoundError(f"model {name!r} has no version {wanted} serving")
+        ready = entry.status == "ready" and model is not None and model.ready
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 @router.get(
@@ -156,7 +164,7 @@ def _ready_response(served: ServedModel) -> JSONResponse:
     responses={503: {"model": ReadyResponse}, **error_responses(401, 404)},
 )
 async def model_ready(name: str, request: Request) -> JSONResponse:
-    return _ready_response(_served(request, name, None))
+    return _ready_response(request, name, None)
 
 
 @router.get(
@@ -166,7 +174,7 @@ async def model_ready(name: str, request: Request) -> JSONResponse:
     responses={503: {"model": ReadyResponse}, **error_responses(401, 404)},
 )
 async def model_version_ready(name: str, version: str, request: Request) -> JSONResponse:
-    return _ready_response(_served(request, name, version))
+    return _ready_response(request, name, version)
 
 
 @router.get(
@@ -175,8 +183,8 @@ async def model_version_ready(name: str, version: str, request: Request) -> JSON
     responses=_MODEL_ERRORS,
 )
 async def model_config(name: str, request: Request) -> dict[str, Any]:
-    served = _served(request, name, None)
-    config = _config(served)
+    model = _model(request, name, None)
+    config = model.config
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [
@@ -186,7 +194,7 @@ async def model_config(name: str, request: Request) -> dict[str, Any]:
 
     b = config.batching
     return {
-        "name": served.name,
+        "name": model.name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
         "max_batch_size": b.max_batch_size,
@@ -216,22 +224,28 @@ _INFER_DOC: dict[str, Any] = {
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    ctx = RequestContext.start(request)
-    served = _served(request, name, version)
-    config = _ready(served)
-    decoded = await ctx.in_pool(
-        lambda body: decode_request(
-            body,
-            content_encoding=request.headers.get("content-encoding"),
-            header_length=request.headers.get(HEADER_LENGTH),
-            config=config,
-            max_body_bytes=settings_of(request).max_body_bytes,
-            vocab_size=served.text.vocab_size if served.text is not None else None,
-        ),
-        await request.body(),
+    budget = budget_for(request)
+    _entry(request, name)  # 404 before the body is read
+    inference = inference_of(request)
+    async with inference.lease(name, None, _version(name, version), budget) as model:
+        config = model.config
+        processor = model.processor
+        vocab = processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None
+        decoded = await inference.in_pool(
+            lambda body: decode_request(
+                body,
+                content_encoding=request.headers.get("content-encoding"),
+                header_length=request.headers.get(HEADER_LENGTH),
+                config=config,
+                max_body_bytes=settings_of(request).max_body_bytes,
+                vocab_size=vocab,
+            ),
+            await request.body(),
+        )
+        outputs = await inference.tensors(model, decoded.items, budget)
+    body, header_length = await inference.in_pool(
+        encode_response, decoded, outputs, config, model.version
     )
-    outputs = await gather_or_cancel([ctx.infer(served, item) for item in decoded.items])
-    body, header_length = await ctx.in_pool(encode_response, decoded, outputs, config)
     if header_length is None:
         response = Response(body, media_type="application/json")
     else:
@@ -240,7 +254,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             media_type="application/octet-stream",
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
-    ctx.headers(response)
+    timing_headers(response, budget)
     return response
 
 

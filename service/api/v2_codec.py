@@ -25,11 +25,9 @@ from service.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from service.runtime.model_config import ModelConfig, TensorSpec
+from service.model_config import ModelConfig, TensorSpec
 from service.schemas.v2 import InferInputTensor, InferRequest
 from service.tasks.base import Feeds, Outputs
-
-VERSION = "1"  # one version per model folder
 
 # v2 datatype ↔ numpy (all little-endian on the wire)
 V2_DTYPES: dict[str, np.dtype[Any]] = {
@@ -271,7 +269,7 @@ def decode_request(
 
 # -- response encoding (runs in the worker pool) ---------------------------------------------
 def encode_response(
-    decoded: DecodedRequest, outputs: Sequence[Outputs], config: ModelConfig
+    decoded: DecodedRequest, outputs: Sequence[Outputs], config: ModelConfig, version: int
 ) -> tuple[bytes, int | None]:
     """Per-row outputs → (body, JSON header length when binary tensors follow it)."""
     specs = {s.name: s for s in config.outputs}
@@ -300,7 +298,7 @@ def encode_response(
         else:
             tensor["data"] = arr.reshape(-1)
         tensors.append(tensor)
-    header: dict[str, Any] = {"model_name": config.name, "model_version": VERSION}
+    header: dict[str, Any] = {"model_name": config.name, "model_version": str(version)}
     if decoded.request.id is not None:
         header["id"] = decoded.request.id
     header["outputs"] = tensors

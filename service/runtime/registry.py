@@ -1,332 +1,411 @@
-"""ModelRegistry: loads the model repository, checks every config against its ONNX graph, warms
-each model up and owns one DynamicBatcher per model."""
+"""ModelRegistry: the model repository as served models, and how that set changes at runtime.
+
+A repository holds one folder per model: either a complete model folder (``config.yaml``,
+``model.onnx``, ...) = version 1, or numbered version folders (``<name>/1/``, ``<name>/2/``, each
+complete) of which the ``version_policy`` of the highest one's config picks those that serve.
+
+Every model name has a ``ModelEntry``: its serving versions (immutable ``LoadedModel``s) and how
+its last load went. A (re)load builds and warms the new versions off the event loop, then swaps
+the entry's serving set in one assignment; requests that already hold the old versions (a
+``lease``) finish on them, and each old version is stopped once its last request ends. A failed
+load leaves the serving versions untouched. Control modes, as Triton's: ``none`` (the set loaded
+at start-up is final), ``explicit`` (load / unload calls) and ``poll`` (the repository is
+rescanned and changed folders are reloaded once they have been stable for two scans).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-import numpy as np
-
-from service.errors import BadRequestError, ModelNotFoundError, NotReadyError
-from service.runtime.batcher import BatchObserver, DynamicBatcher
-from service.runtime.model_config import (
+from service.errors import BadRequestError, LoadFailedError, ModelNotFoundError, NotReadyError
+from service.model_config import (
     MODEL_NAME_PATTERN,
     ConfigError,
     ModelConfig,
-    TensorSpec,
     load_model_config,
 )
-from service.runtime.session import IOSpec, OrtSession, SessionError, resolve_providers
+from service.runtime.batcher import BatchObserver
+from service.runtime.model import LoadedModel, build_model, describe_failure
+from service.runtime.session import SessionError, resolve_providers
 from service.settings import Settings
-from service.tasks.base import BatchRunner, Feeds, Outputs
-from service.tasks.classification import ClassifyPostprocessor
-from service.tasks.detection import DetectPostprocessor
-from service.tasks.embedding import TextEncoder, pad_feeds
-from service.tasks.imaging import ImageProcessor
-from service.tasks.segmentation import SegmentPostprocessor
 
 log = logging.getLogger(__name__)
 
 Status = Literal["loading", "ready", "failed"]
-_NP_DTYPES = {
-    "float32": np.float32,
-    "float16": np.float16,
-    "int64": np.int64,
-    "int32": np.int32,
-    "uint8": np.uint8,
-    "bool": np.bool_,
-}
+# a folder's files as (relative path, size, mtime): equal across two scans = not being written
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class LifecycleObserver(Protocol):
+    """What the registry reports (``service.metrics.Metrics`` implements it)."""
+
+    def batch_observer(self, model: str) -> BatchObserver: ...
+
+    def model_loaded(self, model: str, versions: list[int], seconds: float) -> None: ...
+
+    def load_failed(self, model: str) -> None: ...
+
+    def model_unloaded(self, model: str) -> None: ...
+
+
+def model_versions(folder: Path) -> dict[int, Path]:
+    """``{version: folder}``: the folder itself as version 1, or its numbered version folders."""
+    if (folder / "config.yaml").is_file():
+        return {1: folder}
+    versions: dict[int, Path] = {}
+    with contextlib.suppress(OSError):
+        for child in folder.iterdir():
+            if child.name.isdigit() and int(child.name) > 0 and (child / "config.yaml").is_file():
+                versions[int(child.name)] = child
+    return versions
+
+
+def repository_folders(root: Path) -> dict[str, Path]:
+    """Model folders of a repository: visible folders with a config.yaml or version folders.
+    Hidden ones (``.export-*`` staging folders) are never models."""
+    if not root.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and model_versions(p)
+    }
+
+
+def fingerprint(folder: Path) -> Fingerprint:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        with contextlib.suppress(OSError):  # a file removed while we look
+            if path.is_file():
+                stat = path.stat()
+                files.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(files)
 
 
 @dataclass
-class ServedModel:
+class ModelEntry:
+    """The registry's record of one model name. Mutable bookkeeping, changed on the event loop
+    only; ``serving`` is replaced whole, never edited, so a reader always sees one set."""
+
     name: str
     folder: Path
-    config: ModelConfig | None = None
-    labels: list[str] = field(default_factory=list)
     status: Status = "loading"
-    error: str | None = None
-    session: OrtSession | None = None
-    batcher: DynamicBatcher[Feeds, Outputs] | None = None
-    image: ImageProcessor | None = None
-    text: TextEncoder | None = None
-    postprocess: Any = None  # the task's postprocessor
+    error: str | None = None  # why the last load failed (also while an older version serves)
+    serving: dict[int, LoadedModel] = field(default_factory=dict)
+    attempted: Fingerprint | None = None  # the files the last load (good or bad) read
+
+    @property
+    def latest(self) -> LoadedModel | None:
+        return self.serving[max(self.serving)] if self.serving else None
+
+    @property
+    def config(self) -> ModelConfig | None:
+        latest = self.latest
+        return latest.config if latest is not None else None
 
     @property
     def task(self) -> str | None:
-        return self.config.task if self.config else None
+        config = self.config
+        return config.task if config is not None else None
 
     @property
     def ready(self) -> bool:
-        return self.status == "ready" and self.batcher is not None and self.batcher.healthy
-
-
-def _check_tensor(model: str, kind: str, spec: TensorSpec, graph: IOSpec, batched: bool) -> None:
-    where = f"model {model!r}: {kind} {spec.name!r}"
-    if spec.dtype != graph.dtype:
-        raise ConfigError(f"{where}: dtype is {graph.dtype} in the graph, {spec.dtype} in config")
-    dims = graph.dims()
-    if batched:
-        if not dims:
-            raise ConfigError(f"{where}: the graph tensor has no batch axis but max_batch_size > 0")
-        dims = dims[1:]
-    if len(dims) != len(spec.dims):
-        raise ConfigError(
-            f"{where}: dims {spec.dims} have rank {len(spec.dims)}, the graph's "
-            f"{graph.dims()} (batch axis {'included' if batched else 'absent'}) rank {len(dims)}"
+        return (
+            self.status == "ready"
+            and bool(self.serving)
+            and all(m.ready for m in self.serving.values())
         )
-    for axis, (want, have) in enumerate(zip(spec.dims, dims, strict=True)):
-        if want != -1 and have != -1 and want != have:
-            raise ConfigError(f"{where}: dims[{axis}] is {want} in config but {have} in the graph")
 
-
-def validate_against_graph(config: ModelConfig, labels: list[str], session: OrtSession) -> None:
-    """Every mismatch between config.yaml and the ONNX graph is a ConfigError naming the field."""
-    name = config.name
-    graph_inputs = {i.name: i for i in session.inputs}
-    graph_outputs = {o.name: o for o in session.outputs}
-    for spec in config.inputs:
-        if spec.name not in graph_inputs:
-            raise ConfigError(
-                f"model {name!r}: inputs: {spec.name!r} is not a graph input "
-                f"(graph has {sorted(graph_inputs)})"
+    def version(self, version: int | None) -> LoadedModel:
+        if version is None:
+            latest = self.latest
+            if latest is None:
+                raise NotReadyError(not_ready_message(self))
+            return latest
+        model = self.serving.get(version)
+        if model is None:
+            raise ModelNotFoundError(
+                f"model {self.name!r} has no version {version} serving; "
+                f"it serves {sorted(self.serving)}"
             )
-        _check_tensor(name, "input", spec, graph_inputs[spec.name], config.batched)
-    missing = set(graph_inputs) - {s.name for s in config.inputs}
-    if missing:
-        raise ConfigError(f"model {name!r}: inputs: the graph also needs {sorted(missing)}")
-    for spec in config.outputs:
-        if spec.name not in graph_outputs:
-            raise ConfigError(
-                f"model {name!r}: outputs: {spec.name!r} is not a graph output "
-                f"(graph has {sorted(graph_outputs)})"
-            )
-        _check_tensor(name, "output", spec, graph_outputs[spec.name], config.batched)
-    if config.image is not None:
-        dims = config.inputs[0].dims
-        if len(dims) != 3 or dims[0] not in (3, -1):
-            raise ConfigError(f"model {name!r}: inputs[0].dims must be [3, H, W] for images")
-        for axis, size, field_name in (
-            (1, config.image.height, "height"),
-            (2, config.image.width, "width"),
-        ):
-            if dims[axis] != -1 and dims[axis] != size:
-                raise ConfigError(
-                    f"model {name!r}: image.{field_name} is {size} but the input is {dims[axis]}"
-                )
-    classes = _class_count(config)
-    if labels and classes is not None and classes != len(labels):
-        raise ConfigError(
-            f"model {name!r}: labels: {len(labels)} labels for {classes} output classes"
-        )
-    meta = session.metadata
-    for key in ("task", "format"):
-        if key in meta and meta[key] != getattr(config, key):
-            raise ConfigError(
-                f"model {name!r}: {key}: config says {getattr(config, key)!r}, "
-                f"the ONNX metadata says {meta[key]!r}"
-            )
+        return model
 
 
-def _class_count(config: ModelConfig) -> int | None:
-    dims = config.outputs[0].dims
-    if config.format in ("classification-logits", "classification-probs", "semantic-logits"):
-        size = dims[0] if dims else -1
-    elif config.format == "yolov8":
-        size = dims[0] - 4 if dims and dims[0] != -1 else -1
-    elif config.format == "yolov8-seg":  # output0 [4+nc+nm, N], output1 (prototypes) [nm, h, w]
-        masks = config.outputs[1].dims[0] if config.outputs[1].dims else -1
-        size = dims[0] - 4 - masks if dims and -1 not in (dims[0], masks) else -1
-    elif config.format == "yolov5":
-        size = dims[-1] - 5 if dims and dims[-1] != -1 else -1
-    else:
-        return None
-    return size if size > 0 else None
-
-
-def _warmup_feeds(config: ModelConfig, text_length: int = 16) -> Feeds:
-    feeds: Feeds = {}
-    for spec in config.inputs:
-        if config.image is not None:
-            shape = [3, config.image.height, config.image.width]
-            if config.image.resize == "fit":
-                shape = [3, min(config.image.height, 256), min(config.image.width, 256)]
-        else:
-            shape = [d if d != -1 else text_length for d in spec.dims]
-        dtype = _NP_DTYPES[spec.dtype]
-        feeds[spec.name] = (
-            np.ones(shape, dtype=dtype)
-            if spec.name == "attention_mask"
-            else np.zeros(shape, dtype=dtype)
-        )
-    return feeds
-
-
-def not_ready_message(served: ServedModel) -> str:
+def not_ready_message(entry: ModelEntry) -> str:
     """For clients: the load error itself (ONNX Runtime text, file paths) stays in the log and
     GET /v1/models."""
-    if served.status == "failed":
-        return f"model {served.name!r} failed to load; GET /v1/models says why"
-    return f"model {served.name!r} is not ready ({served.status})"
+    if entry.status == "failed":
+        return f"model {entry.name!r} failed to load; GET /v1/models says why"
+    if entry.status == "ready":
+        return f"model {entry.name!r} is not healthy; GET /v1/models says why"
+    return f"model {entry.name!r} is not ready ({entry.status})"
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, observer_factory: Any = None) -> None:
+    def __init__(self, settings: Settings, observer: LifecycleObserver | None = None) -> None:
         self.settings = settings
-        self.models: dict[str, ServedModel] = {}
-        self._observer_factory = observer_factory  # name -> BatchObserver | None
+        self.models: dict[str, ModelEntry] = {}
+        self._observer = observer
+        self._providers: list[str] | None = None
+        self._load_lock = asyncio.Lock()  # one load at a time: bounded memory peaks
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._seen: dict[str, Fingerprint | None] = {}  # poll mode: the previous scan
+        self._missing: dict[str, int] = {}  # poll mode: scans a loaded model's folder was absent
 
-    # -- loading (blocking; call from a worker thread) ------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.settings.model_repository
+
+    @property
+    def providers(self) -> list[str]:
+        if self._providers is None:
+            self._providers = resolve_providers(self.settings.providers, self.settings.require_cuda)
+        return self._providers
+
+    # -- building (blocking; worker threads) ---------------------------------------------------
+    def build(
+        self, name: str, folder: Path, override: dict[str, Any] | None = None
+    ) -> dict[int, LoadedModel]:
+        """Every version the policy selects, built and warmed up (not started)."""
+        versions = model_versions(folder)
+        if not versions:
+            raise ConfigError(
+                f"model {name!r}: no config.yaml in its folder or in numbered version folders"
+            )
+        newest = max(versions)
+        policy, _ = load_model_config(versions[newest], name, override)
+        chosen = policy.selects(list(versions))
+        if not chosen:
+            raise ConfigError(
+                f"model {name!r}: version_policy selects none of the versions {sorted(versions)}"
+            )
+        built: dict[int, LoadedModel] = {}
+        for version in chosen:
+            config, labels = load_model_config(versions[version], name, override)
+            observer = self._observer.batch_observer(name) if self._observer else None
+            built[version] = build_model(
+                versions[version],
+                config,
+                labels,
+                version=version,
+                settings=self.settings,
+                providers=self.providers,
+                observer=observer,
+            )
+        return built
+
     def load(self) -> None:
-        root = self.settings.model_repository
-        if not root.is_dir():
-            raise ConfigError(f"model repository {str(root)!r} is not a directory")
-        providers = resolve_providers(self.settings.providers, self.settings.require_cuda)
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").exists())
+        """Start-up: build the repository's models (all of them, or in explicit mode those
+        ``startup_models`` names). Blocking; ``start()`` then starts their batchers."""
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {str(self.root)!r} is not a directory")
+        self.providers  # noqa: B018 - resolve (and fail on require_cuda) before any model
+        folders = repository_folders(self.root)
+        if self.settings.model_control == "explicit" and "*" not in self.settings.startup_models:
+            folders = {n: f for n, f in folders.items() if n in self.settings.startup_models}
         if not folders:
-            log.warning("model repository %s holds no models", root)
-        for folder in folders:
-            served = ServedModel(folder.name, folder)
-            self.models[folder.name] = served
+            log.warning("model repository %s holds no models to load", self.root)
+        for name, folder in folders.items():
+            entry = ModelEntry(name, folder)
+            self.models[name] = entry
+            entry.attempted = fingerprint(folder)
+            self._seen[name] = entry.attempted
             try:
-                self._load_one(served, providers)
-            except (ConfigError, SessionError) as exc:
-                served.status, served.error = "failed", str(exc)
-                log.error("%s", exc)
+                entry.serving = self.build(name, folder)
+            except Exception as exc:
+                entry.status, entry.error = "failed", describe_failure(name, exc)
+                unexpected = not isinstance(exc, ConfigError | SessionError)
+                log.error("%s", entry.error, exc_info=exc if unexpected else None)
+                if self._observer:
+                    self._observer.load_failed(name)
                 if self.settings.strict_startup:
-                    raise ConfigError(str(exc)) from exc
-            except Exception as exc:  # a bug or an odd file must not stop a non-strict start
-                served.status = "failed"
-                served.error = f"model {served.name!r}: {type(exc).__name__}: {exc}"
-                log.error("%s", served.error, exc_info=exc)
-                if self.settings.strict_startup:
-                    raise ConfigError(served.error) from exc
+                    raise ConfigError(entry.error) from exc
 
-    def _load_one(self, served: ServedModel, providers: list[str]) -> None:
-        config, labels = load_model_config(served.folder)
-        served.config, served.labels = config, labels
-        model_path = served.folder / config.model_file
-        if not model_path.is_file():
-            raise ConfigError(f"model {served.name!r}: model_file {config.model_file!r} not found")
-        try:
-            session = OrtSession(
-                model_path,
-                providers=providers,
-                require_cuda=self.settings.require_cuda,
-                intra_op_threads=self.settings.intra_op_threads,
-                allow_spinning=self.settings.ort_allow_spinning,
-                spin_between_runs=self.settings.ort_spin_between_runs,
-                cpu_arena=self.settings.ort_cpu_arena,
-            )
-        except SessionError as exc:
-            raise SessionError(f"model {served.name!r}: {exc}") from exc
-        validate_against_graph(config, labels, session)
-        served.session = session
-        outputs = [o.name for o in config.outputs]
-        if config.image is not None:
-            served.image = ImageProcessor(
-                config.image, config.inputs[0].name, max_pixels=self.settings.max_image_pixels
-            )
-        if config.task == "classify":
-            served.postprocess = ClassifyPostprocessor(
-                outputs[0], labels, logits=config.format == "classification-logits"
-            )
-        elif config.task == "detect":
-            served.postprocess = DetectPostprocessor(config.format, outputs)
-        elif config.task == "segment":
-            served.postprocess = SegmentPostprocessor(config.format, outputs)
-        else:
-            assert config.text is not None
-            tokenizer = served.folder / config.text.tokenizer
-            if not tokenizer.is_file():
-                raise ConfigError(
-                    f"model {served.name!r}: text.tokenizer {config.text.tokenizer!r} not found"
-                )
-            try:
-                served.text = TextEncoder.for_model(served.folder, config)
-            except Exception as exc:  # tokenizers raises plain Exception on a bad file
-                raise ConfigError(
-                    f"model {served.name!r}: text.tokenizer cannot be loaded: {exc}"
-                ) from exc
-        runner = self._runner(served)
-        # warm-up at the largest batch the batcher will form, so the first request is not slow
-        warm = _warmup_feeds(config)
-        try:
-            runner([warm] * max(1, config.batching.max_batch_size))
-        except Exception as exc:
-            raise SessionError(f"model {served.name!r}: warm-up run failed: {exc}") from exc
-        served.batcher = DynamicBatcher(
-            served.name,
-            runner,
-            max_batch_size=config.batching.max_batch_size,
-            max_delay_ms=config.batching.max_delay_ms,
-            max_queue_size=config.batching.max_queue_size,
-            observer=self._observer(served.name),
-        )
-        log.info(
-            "model %s: %s/%s on %s, max_batch_size=%d",
-            served.name,
-            config.task,
-            config.format,
-            session.provider,
-            config.batching.max_batch_size,
-        )
-
-    def _observer(self, name: str) -> BatchObserver | None:
-        return self._observer_factory(name) if self._observer_factory else None
-
-    @staticmethod
-    def _runner(served: ServedModel) -> BatchRunner:
-        config = served.config
-        assert config is not None
-        assert served.session is not None
-        if config.text is not None:
-            pad_id = config.text.pad_token_id
-            return BatchRunner(
-                served.session,
-                batched=config.batched,
-                collate=lambda items: pad_feeds(items, pad_id),
-                bucket_by=config.inputs[0].name,
-            )
-        return BatchRunner(served.session, batched=config.batched)
-
-    # -- serving ------------------------------------------------------------------------------
     def start(self) -> None:
-        for served in self.models.values():
-            if served.batcher is not None:
-                served.batcher.start()
-                served.status = "ready"
+        """Start the batchers of the models ``load`` built (on the event loop)."""
+        for entry in self.models.values():
+            for model in entry.serving.values():
+                model.batcher.start()
+            if entry.serving:
+                entry.status = "ready"
+                if self._observer:
+                    self._observer.model_loaded(entry.name, sorted(entry.serving), 0.0)
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
-        for served in self.models.values():
-            if served.batcher is not None:
-                await served.batcher.stop(drain_timeout_s)
+        for entry in self.models.values():
+            for model in entry.serving.values():
+                await model.batcher.stop(drain_timeout_s)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
-    def get(self, name: str | None, task: str) -> ServedModel:
-        if name is None:
-            name = self.default_for(task)
-        served = self.models.get(name)
-        if served is None:
-            raise ModelNotFoundError(f"model {name!r} does not exist; GET /v1/models lists them")
-        if served.config is not None and served.config.task != task:
-            raise BadRequestError(
-                f"model {name!r} serves task {served.config.task!r}, not {task!r}"
+    # -- runtime lifecycle (event loop) ----------------------------------------------------------
+    async def load_model(self, name: str, override: dict[str, Any] | None = None) -> ModelEntry:
+        """(Re)load ``name`` from its folder, even when its files look unchanged. The new
+        versions are built and warmed up off the loop and swapped in only when all of them are
+        ready; on failure the serving versions stay and ``LoadFailedError`` (400) says why."""
+        folder = self._folder(name)
+        async with self._load_lock:
+            entry = self.models.get(name)
+            if entry is None:
+                entry = self.models[name] = ModelEntry(name, folder)
+            files = await asyncio.to_thread(fingerprint, folder)
+            entry.attempted = files
+            started = time.perf_counter()
+            try:
+                built = await asyncio.to_thread(self.build, name, folder, override)
+            except Exception as exc:
+                entry.error = describe_failure(name, exc)
+                if not entry.serving:
+                    entry.status = "failed"
+                unexpected = not isinstance(exc, ConfigError | SessionError)
+                log.error("load failed: %s", entry.error, exc_info=exc if unexpected else None)
+                if self._observer:
+                    self._observer.load_failed(name)
+                raise LoadFailedError(entry.error) from None
+            for model in built.values():
+                model.batcher.start()
+            retired = list(entry.serving.values())
+            entry.serving, entry.folder = built, folder  # the swap: one assignment
+            entry.status, entry.error = "ready", None
+            seconds = time.perf_counter() - started
+            log.info(
+                "model %s: serving versions %s (loaded in %.1f s)", name, sorted(built), seconds
             )
-        if not served.ready:
-            raise NotReadyError(not_ready_message(served))
-        return served
+            if self._observer:
+                self._observer.model_loaded(name, sorted(built), seconds)
+        for model in retired:
+            self._retire_soon(model)
+        return entry
+
+    async def unload_model(self, name: str) -> None:
+        """Stop routing to ``name`` (404 from now on), let the requests it holds finish, then
+        release its sessions. Returns once it is gone."""
+        async with self._load_lock:
+            entry = self.models.pop(name, None)
+        if entry is None:
+            raise ModelNotFoundError(f"model {name!r} is not loaded")
+        await asyncio.gather(*(self._retire(m) for m in entry.serving.values()))
+        log.info("model %s: unloaded", name)
+        if self._observer:
+            self._observer.model_unloaded(name)
+
+    def _folder(self, name: str) -> Path:
+        folder = self.root / name
+        if name.startswith(".") or not folder.is_dir() or not model_versions(folder):
+            raise LoadFailedError(
+                f"model {name!r}: no model folder of that name in the repository "
+                f"(a config.yaml, or numbered version folders with one)"
+            )
+        return folder
+
+    def _retire_soon(self, model: LoadedModel) -> None:
+        task = asyncio.get_running_loop().create_task(self._retire(model))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, model: LoadedModel) -> None:
+        """Wait until no request holds ``model``, then drain and stop its batcher; the session
+        goes with the last reference."""
+        drain_s = self.settings.request_timeout_s + 5.0
+        try:
+            await asyncio.wait_for(model.usage.drained(), drain_s)
+        except TimeoutError:
+            log.warning(
+                "model %s version %d: still in use after %.0f s; stopping it",
+                model.name,
+                model.version,
+                drain_s,
+            )
+        await model.batcher.stop(drain_s)
+        log.info("model %s version %d: released", model.name, model.version)
+
+    # -- poll mode -------------------------------------------------------------------------------
+    async def watch(self) -> None:
+        """Rescan the repository every ``repository_poll_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_s)
+            try:
+                await self.poll_once()
+            except Exception:  # a scan must never end the watcher
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Load added or changed folders that have not changed since the previous scan; unload
+        models whose folder has been absent for two scans (an export replaces a folder by two
+        renames, so one scan may miss it)."""
+        scanned = await asyncio.to_thread(self._scan)
+        for name, files in scanned.items():
+            previous = self._seen.get(name)
+            self._seen[name] = files
+            self._missing.pop(name, None)
+            if files != previous:
+                continue  # new or still being written: look again next time
+            entry = self.models.get(name)
+            if entry is not None and entry.attempted == files:
+                continue  # what we serve (or last failed on) is what is there
+            with contextlib.suppress(LoadFailedError):  # logged, counted, in /v1/models
+                await self.load_model(name)
+        for name in [n for n in self.models if n not in scanned]:
+            self._seen.pop(name, None)
+            self._missing[name] = self._missing.get(name, 0) + 1
+            if self._missing[name] >= 2:
+                del self._missing[name]
+                with contextlib.suppress(ModelNotFoundError):
+                    await self.unload_model(name)
+
+    def _scan(self) -> dict[str, Fingerprint]:
+        return {name: fingerprint(folder) for name, folder in repository_folders(self.root).items()}
+
+    # -- serving ---------------------------------------------------------------------------------
+    def entry(self, name: str) -> ModelEntry:
+        entry = self.models.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"model {name!r} does not exist; GET /v1/models lists them")
+        return entry
+
+    def get(self, name: str | None, task: str | None, version: int | None = None) -> LoadedModel:
+        """The model a request asks for (the task's default when ``name`` is None): 404 when
+        unknown, 400 for another task's model (``task`` None: any task), 503 while it is not
+        ready."""
+        if name is None:
+            if task is None:
+                raise BadRequestError("name a model")
+            name = self.default_for(task)
+        entry = self.entry(name)
+        if task is not None and entry.task is not None and entry.task != task:
+            raise BadRequestError(f"model {name!r} serves task {entry.task!r}, not {task!r}")
+        if not entry.ready:
+            raise NotReadyError(not_ready_message(entry))
+        return entry.version(version)
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, name: str | None, task: str | None, version: int | None = None
+    ) -> AsyncIterator[LoadedModel]:
+        """``get``, holding the model until the block ends: a reload or unload meanwhile lets
+        the request finish on the version it started with."""
+        model = self.get(name, task, version)
+        model.usage.acquire()
+        try:
+            yield model
+        finally:
+            model.usage.release()
 
     def default_for(self, task: str) -> str:
         preferred = self.settings.default_model(task)
         if preferred in self.models:
             return preferred
-        for served in self.models.values():
-            if served.task == task and served.status != "failed":
-                return served.name
+        for entry in self.models.values():
+            if entry.task == task and entry.status != "failed":
+                return entry.name
         raise ModelNotFoundError(f"no model serves task {task!r} in this repository")
 
 
-__all__ = ["MODEL_NAME_PATTERN", "ModelRegistry", "ServedModel"]
+__all__ = ["MODEL_NAME_PATTERN", "ModelEntry", "ModelRegistry", "not_ready_message"]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.runtime.model_config import MODEL_NAME_PATTERN
+from service.model_config import MODEL_NAME_PATTERN
 
 ModelName = Annotated[
     str,
@@ -26,6 +26,15 @@ Base64Image = Annotated[
     ),
 ]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+ModelVersion = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=2**31,
+        description="Version of the model to use; omit for its latest serving version.",
+        examples=[1],
+    ),
+]
 
 
 class RequestModel(BaseModel):
@@ -37,6 +46,7 @@ class ImagesRequest(RequestModel):
         min_length=1, max_length=256, description="One or more images; results keep this order."
     )
     model: ModelName | None = None
+    model_version: ModelVersion | None = None
 
 
 class Box(BaseModel):
@@ -85,12 +95,23 @@ class BatchingInfo(BaseModel):
     rejected_overloaded: int = Field(default=0, description="Requests refused: queue full (429).")
 
 
+class VersionInfo(BaseModel):
+    version: int = Field(examples=[1])
+    status: str = Field(description="ready, or unhealthy when its batcher has died.")
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str | None
     format: str | None
-    status: str = Field(description="loading, ready or failed.")
-    error: str | None = None
+    status: str = Field(description="loading, ready or failed (nothing serves).")
+    error: str | None = Field(
+        default=None,
+        description="Why the last load failed; with status ready, an older version still serves.",
+    )
+    versions: list[VersionInfo] = Field(
+        default_factory=list, description="Serving versions; requests default to the latest."
+    )
     providers: list[str] = Field(default_factory=list, description="Active execution providers.")
     inputs: list[TensorInfo] = Field(default_factory=list)
     outputs: list[TensorInfo] = Field(default_factory=list)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import ModelName, RequestModel
+from service.inference import Embedded
+from service.schemas.common import ModelName, ModelVersion, RequestModel
 
 Text = Annotated[str, Field(max_length=1_000_000)]
 
@@ -17,6 +18,7 @@ class EmbedRequest(RequestModel):
         examples=["A man is eating food.", ["first text", "second text"]],
     )
     model: ModelName | None = None
+    model_version: ModelVersion | None = None
     normalize: bool = Field(default=True, description="L2-normalise each embedding.")
     truncate: bool = Field(
         default=True, description="Cut texts to the model's maximum length; false: 422 instead."
@@ -33,3 +35,12 @@ class EmbedResponse(BaseModel):
     dimensions: int = Field(examples=[384])
     embeddings: list[list[float]]
     usage: Usage
+
+    @classmethod
+    def from_result(cls, result: Embedded) -> EmbedResponse:
+        return cls(
+            model=result.model,
+            dimensions=int(result.vectors[0].shape[0]),
+            embeddings=[v.tolist() for v in result.vectors],
+            usage=Usage(prompt_tokens=result.tokens, total_tokens=result.tokens),
+        )

@@ -93,3 +93,48 @@ class InferResponse(BaseModel):
     model_version: str = "1"
     id: str | None = None
     outputs: list[InferOutputTensor]
+
+
+# -- the model-repository extension -----------------------------------------------------------
+class RepositoryIndexRequest(RequestModel):
+    ready: bool = Field(default=False, description="Only the models (versions) ready to serve.")
+
+
+class RepositoryModel(BaseModel):
+    name: str = Field(examples=["mobilenet_v2"])
+    version: str | None = Field(default=None, description="Set for a serving version.")
+    state: str = Field(description="READY, LOADING or UNAVAILABLE.", examples=["READY"])
+    reason: str = Field(default="", description="Why it is not ready, when known.")
+
+
+class LoadParameters(RequestModel):
+    config: (
+        Annotated[str, Field(max_length=1_000_000)]
+        | dict[Annotated[str, Field(max_length=128)], Any]
+        | None
+    ) = Field(
+        default=None,
+        description=(
+            "Model configuration (JSON, as a string as tritonclient sends it, or an object) "
+            "merged over the folder's config.yaml for this load: mappings key by key, other "
+            "values replace."
+        ),
+        examples=['{"batching": {"max_batch_size": 16}}'],
+    )
+
+
+class LoadRequest(RequestModel):
+    parameters: LoadParameters = LoadParameters()
+
+
+class UnloadParameters(RequestModel):
+    unload_dependents: bool = Field(default=False, description="Accepted; models have none.")
+
+
+class UnloadRequest(RequestModel):
+    parameters: UnloadParameters = UnloadParameters()
+
+
+class RepositoryActionResponse(BaseModel):
+    name: str
+    versions: list[int] = Field(description="The versions serving after the call.")

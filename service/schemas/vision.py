@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from service.schemas.common import Box, ImagesRequest, UnitFloat
+from service.tasks import segmentation as seg
+from service.tasks.classification import Classification
+from service.tasks.detection import ImageDetections
 
 
 class ClassifyRequest(ImagesRequest):
@@ -28,6 +32,21 @@ class ClassifyResult(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str = Field(examples=["mobilenet_v2"])
     results: list[ClassifyResult] = Field(description="One per input image, in input order.")
+
+    @classmethod
+    def from_results(cls, model: str, results: Sequence[Classification]) -> ClassifyResponse:
+        return cls(
+            model=model,
+            results=[
+                ClassifyResult(
+                    predictions=[
+                        ClassPrediction(label=p.label, class_id=p.class_id, score=p.score)
+                        for p in result.predictions
+                    ]
+                )
+                for result in results
+            ],
+        )
 
 
 class RenderOptions(BaseModel):
@@ -78,10 +97,37 @@ class DetectResult(BaseModel):
     height: int = Field(description="Original image height in pixels.")
     detections: list[Detection] = Field(description="Sorted by descending score.")
 
+    @classmethod
+    def from_result(cls, result: ImageDetections) -> DetectResult:
+        det = result.detections
+        return cls(
+            width=result.width,
+            height=result.height,
+            detections=[
+                Detection(
+                    label=label,
+                    class_id=int(c),
+                    score=float(s),
+                    box=Box(x1=float(b[0]), y1=float(b[1]), x2=float(b[2]), y2=float(b[3])),
+                )
+                for b, s, c, label in zip(
+                    det.boxes.tolist(),
+                    det.scores.tolist(),
+                    det.class_ids.tolist(),
+                    result.labels,
+                    strict=True,
+                )
+            ],
+        )
+
 
 class DetectResponse(BaseModel):
     model: str = Field(examples=["shapes-yolo"])
     results: list[DetectResult]
+
+    @classmethod
+    def from_results(cls, model: str, results: Sequence[ImageDetections]) -> DetectResponse:
+        return cls(model=model, results=[DetectResult.from_result(r) for r in results])
 
 
 class SegmentRequest(RenderOptions, ImagesRequest):
@@ -102,6 +148,10 @@ class RleMask(BaseModel):
     format: Literal["rle"] = "rle"
     size: list[int] = Field(description="[height, width].", examples=[[480, 640]])
     counts: str = Field(description="COCO compressed RLE (pycocotools.mask.decode).")
+
+    @classmethod
+    def from_rle(cls, rle: dict[str, object]) -> RleMask:
+        return cls.model_validate(rle)
 
 
 class ClassArea(BaseModel):
@@ -138,3 +188,49 @@ class InstanceResult(BaseModel):
 class SegmentResponse(BaseModel):
     model: str = Field(examples=["shapes-unet"])
     results: list[Annotated[SemanticResult | InstanceResult, Field(discriminator="kind")]]
+
+    @classmethod
+    def from_results(
+        cls, model: str, results: Sequence[seg.SemanticResult | seg.InstanceResult]
+    ) -> SegmentResponse:
+        out: list[SemanticResult | InstanceResult] = []
+        for result in results:
+            if isinstance(result, seg.SemanticResult):
+                rle = result.rle
+                out.append(
+                    SemanticResult(
+                        width=result.width,
+                        height=result.height,
+                        mask=PngMask(data=result.png) if result.png is not None else None,
+                        classes=[
+                            ClassArea(
+                                class_id=a.class_id,
+                                label=label,
+                                pixels=a.pixels,
+                                fraction=a.fraction,
+                                mask=RleMask.from_rle(rle[a.class_id]) if rle else None,
+                            )
+                            for a, label in zip(result.areas, result.labels, strict=True)
+                        ],
+                    )
+                )
+            else:
+                out.append(
+                    InstanceResult(
+                        width=result.width,
+                        height=result.height,
+                        instances=[
+                            InstanceMask(
+                                label=label,
+                                class_id=inst.class_id,
+                                score=inst.score,
+                                box=Box(
+                                    x1=inst.box[0], y1=inst.box[1], x2=inst.box[2], y2=inst.box[3]
+                                ),
+                                mask=RleMask.from_rle(inst.rle),
+                            )
+                            for inst, label in zip(result.instances, result.labels, strict=True)
+                        ],
+                    )
+                )
+        return cls(model=model, results=out)

@@ -1,14 +1,20 @@
-"""The TaskProcessor contract shared by the four tasks.
+"""The TaskProcessor contract: what a model's task code does around the ONNX Runtime run.
 
-``preprocess`` and ``postprocess`` run in the preprocessing pool (or, for a lone request on an
-idle model, on the model thread with its run), ``collate`` and ``split`` on the model thread.
-``Feeds`` map input names to one item's arrays (no batch axis).
+One processor per loaded model, built by ``service.tasks.factory.processor_for``::
+
+    prepare(raw) -> (feeds, meta)           decode / tokenize one input     (worker pool)
+    collate([feeds, ...]) -> feeds          one batch tensor per input      (model thread)
+    finish(outputs, meta, params) -> Result NMS, top-k, masks, pooling      (worker pool or loop)
+
+``Feeds`` map input names to one item's arrays (no batch axis); ``meta`` (what ``finish`` needs
+to know about the input, e.g. its geometry) and results are frozen dataclasses. Processors are
+immutable and thread-safe: the same one serves every request of its model concurrently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -55,34 +61,34 @@ def length_buckets(
     return groups
 
 
-class BatchRunner:
-    """Runs a list of items through a session: collate → run → split (on the model thread).
+RawT = TypeVar("RawT", contravariant=True)
+MetaT = TypeVar("MetaT")
+ParamsT = TypeVar("ParamsT", contravariant=True)
+ResultT = TypeVar("ResultT", covariant=True)
 
-    Models without a batch axis (``max_batch_size: 0``) get one item per run, unchanged.
-    """
 
-    def __init__(
-        self,
-        session: Any,
-        *,
-        batched: bool,
-        collate: Any = stack_feeds,
-        bucket_by: str | None = None,
-    ) -> None:
-        self._session = session
-        self._batched = batched
-        self._collate = collate
-        self._bucket_by = bucket_by  # variable-length input to group by (text: input_ids)
+class TaskProcessor(Protocol[RawT, MetaT, ParamsT, ResultT]):
+    """The contract every task's processor fulfils (see the module docstring)."""
 
-    def __call__(self, items: list[Feeds]) -> list[Outputs]:
-        if not self._batched:
-            return [self._session.run(item) for item in items]
-        if self._bucket_by is None or len(items) < 2:
-            return split_outputs(self._session.run(self._collate(items)), len(items))
-        results: list[Outputs | None] = [None] * len(items)
-        lengths = [item[self._bucket_by].shape[0] for item in items]
-        for group in length_buckets(lengths):
-            outputs = self._session.run(self._collate([items[i] for i in group]))
-            for i, out in zip(group, split_outputs(outputs, len(group)), strict=True):
-                results[i] = out
-        return [r for r in results if r is not None]
+    @property
+    def bucket_by(self) -> str | None:
+        """A variable-length input to group a batch by before collating (text: ``input_ids``),
+        or None: the batch runs as one."""
+
+    @property
+    def finish_inline(self) -> bool:
+        """``finish`` takes microseconds (top-k, pooling): run it on the event loop, where a
+        thread hop would cost more than the work."""
+
+    def prepare(self, raw: RawT) -> tuple[Feeds, MetaT]: ...
+
+    def prepare_inline(self, raws: Sequence[RawT]) -> bool:
+        """Whether preparing these inputs is cheap enough for the event loop."""
+
+    def runs_alone(self, raw: RawT) -> bool:
+        """Whether a lone input may be prepared on an idle model's thread, with its run: one
+        thread hop instead of three, unless preparing it would hold the thread long."""
+
+    def collate(self, items: Sequence[Feeds]) -> Feeds: ...
+
+    def finish(self, outputs: Outputs, meta: MetaT, params: ParamsT) -> ResultT: ...

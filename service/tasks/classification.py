@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from service.tasks.base import Outputs
+from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,29 @@ def label_for(labels: list[str], class_id: int) -> str:
     return labels[class_id] if 0 <= class_id < len(labels) else str(class_id)
 
 
-class ClassifyPostprocessor:
-    def __init__(self, output_name: str, labels: list[str], *, logits: bool) -> None:
+@dataclass(frozen=True)
+class ClassifyParams:
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Classification:
+    predictions: tuple[Prediction, ...]  # descending score
+
+
+class ClassifyProcessor(ImageTask):
+    """Image → ``float32[3,H,W]``; ``float32[C]`` scores (logits or probabilities) → top-k."""
+
+    finish_inline = True  # softmax + top-k over one row: tens of microseconds
+
+    def __init__(
+        self, image: ImageProcessor, output_name: str, labels: Sequence[str], *, logits: bool
+    ) -> None:
+        super().__init__(image)
         self.output_name = output_name
-        self.labels = labels
+        self.labels = list(labels)
         self.logits = logits
 
-    def __call__(self, outputs: dict[str, np.ndarray], top: int) -> list[Prediction]:
+    def finish(self, outputs: Outputs, meta: Geometry, params: ClassifyParams) -> Classification:
         scores = outputs[self.output_name].reshape(-1)
-        return top_k(scores, top, self.labels, logits=self.logits)
+        return Classification(tuple(top_k(scores, params.top_k, self.labels, logits=self.logits)))

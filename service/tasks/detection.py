@@ -3,11 +3,15 @@ class-aware NMS in vectorised numpy, and mapping boxes back to the original imag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from service.tasks.imaging import Geometry
+from service.errors import BadRequestError
+from service.tasks.base import Outputs
+from service.tasks.classification import label_for
+from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
 
 # Boxes of different classes are shifted this far apart so one NMS pass never suppresses
 # across classes (Ultralytics' "max_wh" trick).
@@ -148,16 +152,48 @@ def to_original(boxes: np.ndarray, geo: Geometry) -> np.ndarray:
     return out
 
 
-class DetectPostprocessor:
-    """Model outputs (one item) + geometry → detections in original-image pixels."""
+@dataclass(frozen=True)
+class ImageDetections:
+    """One image's detections in original-image pixels, with their label names."""
 
-    def __init__(self, fmt: str, output_names: list[str]) -> None:
+    width: int  # of the original image
+    height: int
+    detections: Detections
+    labels: tuple[str, ...]  # one per detection
+
+
+class DetectProcessor(ImageTask):
+    """Image → ``float32[3,H,W]``; the model's outputs (one item) → detections in pixels of the
+    original image: decoding per ``format``, thresholds, class-aware NMS."""
+
+    def __init__(
+        self, image: ImageProcessor, fmt: str, output_names: Sequence[str], labels: Sequence[str]
+    ) -> None:
+        super().__init__(image)
         self.fmt = fmt
-        self.output_names = output_names
+        self.output_names = list(output_names)
+        self.labels = list(labels)
 
-    def __call__(
-        self, outputs: dict[str, np.ndarray], geo: Geometry, params: DetectParams
-    ) -> Detections:
+    def params(
+        self,
+        *,
+        model: str,
+        confidence: float,
+        iou: float,
+        max_detections: int,
+        classes: Sequence[str] | None,
+    ) -> DetectParams:
+        """Request parameters → ``DetectParams``; unknown ``classes`` labels are a 400."""
+        class_ids = None
+        if classes is not None:
+            wanted = set(classes)
+            unknown = sorted(wanted - set(self.labels))
+            if unknown:
+                raise BadRequestError(f"classes {unknown} are not labels of model {model!r}")
+            class_ids = frozenset(i for i, label in enumerate(self.labels) if label in wanted)
+        return DetectParams(confidence, iou, max_detections, class_ids)
+
+    def decode(self, outputs: Outputs, geo: Geometry, params: DetectParams) -> Detections:
         if self.fmt == "torchvision-detection":
             boxes, labels, scores = (outputs[n] for n in self.output_names[:3])
             det = decode_torchvision(
@@ -167,3 +203,8 @@ class DetectPostprocessor:
             raw = outputs[self.output_names[0]]
             det = decode_yolov8(raw, params) if self.fmt == "yolov8" else decode_yolov5(raw, params)
         return Detections(to_original(det.boxes, geo), det.scores, det.class_ids)
+
+    def finish(self, outputs: Outputs, meta: Geometry, params: DetectParams) -> ImageDetections:
+        det = self.decode(outputs, meta, params)
+        names = tuple(label_for(self.labels, int(c)) for c in det.class_ids.tolist())
+        return ImageDetections(meta.orig_w, meta.orig_h, det, names)

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.errors import ValidationFailedError
-from service.runtime.model_config import ModelConfig
-from service.tasks.base import Feeds
+from service.errors import ParamError, ValidationFailedError
+from service.model_config import ModelConfig
+from service.tasks.base import Feeds, Outputs
 
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
+# a few short texts tokenize in tens of microseconds: cheaper on the event loop than a thread hop
+INLINE_TOKENIZE_CHARS = 2_000
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,69 @@ def l2_normalise(vector: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
     out: np.ndarray = vector / norm if norm > 1e-12 else vector
     return out
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    normalize: bool = True
+    dimensions: int | None = None  # keep the first n values (OpenAI's ``dimensions``)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray  # float32[D]
+
+
+class EmbedProcessor:
+    """Text → ``{input_ids, attention_mask?, token_type_ids?: int64[S]}``, padded per batch
+    (grouped by length first); ``float32[D]`` or ``float32[S,D]`` (pooled here) → a vector."""
+
+    bucket_by: str | None = INPUT_IDS
+    finish_inline = True  # pooling and normalising one vector: microseconds
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        output_name: str,
+        *,
+        token_level: bool,
+        pooling: str,
+        pad_token_id: int,
+    ) -> None:
+        self.encoder = encoder
+        self.output_name = output_name
+        self.token_level = token_level
+        self.pooling = pooling
+        self.pad_token_id = pad_token_id
+
+    def prepare(self, raw: str) -> tuple[Feeds, TextMeta]:
+        [item] = self.encoder.encode([raw], truncate=True)
+        return item
+
+    def encode(self, texts: Sequence[str], *, truncate: bool) -> list[tuple[Feeds, TextMeta]]:
+        """All of a request's texts in one call (the tokenizer's batch path); with
+        ``truncate=False`` an over-long text is a 422 naming its index."""
+        return self.encoder.encode(texts, truncate=truncate)
+
+    def prepare_inline(self, raws: Sequence[str]) -> bool:
+        return sum(len(t) for t in raws) <= INLINE_TOKENIZE_CHARS
+
+    def runs_alone(self, raw: str) -> bool:
+        return True
+
+    def collate(self, items: Sequence[Feeds]) -> Feeds:
+        return pad_feeds(items, self.pad_token_id)
+
+    def finish(self, outputs: Outputs, meta: TextMeta, params: EmbedParams) -> Embedding:
+        vector = outputs[self.output_name]
+        if self.token_level:
+            vector = pool(vector, meta.tokens, self.pooling)
+        vector = vector.astype(np.float32, copy=False)
+        if params.dimensions is not None and params.dimensions != vector.shape[0]:
+            if params.dimensions > vector.shape[0]:
+                raise ParamError(
+                    f"dimensions is {params.dimensions} but the model has {vector.shape[0]}",
+                    param="dimensions",
+                )
+            vector = vector[: params.dimensions]
+        return Embedding(l2_normalise(vector) if params.normalize else vector)

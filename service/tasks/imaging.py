@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,8 @@ import PIL.WebPImagePlugin  # noqa: F401
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImageError, PayloadTooLargeError
-from service.runtime.model_config import ImagePreprocessing
+from service.model_config import ImagePreprocessing
+from service.tasks.base import Feeds, stack_feeds
 
 # We enforce our own pixel limit before decoding; Pillow's global bomb check would only warn or
 # raise at a different threshold.
@@ -28,6 +30,9 @@ Image.MAX_IMAGE_PIXELS = None
 # cameras' MPO files open through the JPEG plugin.)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that transpose width and height
+# A lone image larger than this decodes in the pool even when its model is idle: its decode would
+# hold the model thread that long, and a request arriving meanwhile would wait for it
+LONE_MAX_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -222,3 +227,26 @@ class ImageProcessor:
         decoded = decode_image(data, max_pixels=self.max_pixels, min_size=self._draft)
         tensor, geo = input_tensor(decoded, self.spec)
         return {self.input_name: tensor}, geo
+
+
+class ImageTask:
+    """The input side every vision processor shares: image bytes → ``{input: float32[3,H,W]}``
+    with its ``Geometry`` as meta, stacked into ``float32[B,3,H,W]`` batches."""
+
+    bucket_by: str | None = None
+    finish_inline = False
+
+    def __init__(self, image: ImageProcessor) -> None:
+        self.image = image
+
+    def prepare(self, raw: bytes) -> tuple[Feeds, Geometry]:
+        return self.image.preprocess(raw)
+
+    def prepare_inline(self, raws: Sequence[bytes]) -> bool:
+        return False  # decoding takes milliseconds: always in the pool
+
+    def runs_alone(self, raw: bytes) -> bool:
+        return len(raw) <= LONE_MAX_BYTES
+
+    def collate(self, items: Sequence[Feeds]) -> Feeds:
+        return stack_feeds(items)

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from service.tasks.base import Outputs
+from service.tasks.classification import label_for
 from service.tasks.detection import DetectParams, select_yolov8, to_original
-from service.tasks.imaging import Geometry
+from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
+
+# png / rle: the semantic mask as the response carries it; map: the class map itself, for
+# drawing (no PNG or RLE round trip)
+MaskFormat = Literal["png", "rle", "map"]
 
 
 @dataclass(frozen=True)
@@ -283,30 +291,66 @@ def instances_from_yolo_seg(
 @dataclass(frozen=True)
 class SegmentParams:
     confidence: float = 0.5
-    mask_format: str = "png"  # semantic only: png | rle
+    mask_format: MaskFormat = "png"  # semantic only
     iou: float = 0.45  # YOLO segmentation models: NMS IoU threshold
 
 
 @dataclass(frozen=True)
 class SemanticResult:
+    """One image's class map: areas per class present, and the mask as ``mask_format`` asked."""
+
+    width: int
+    height: int
     areas: list[ClassArea]
-    png: str | None
-    rle: dict[int, dict[str, object]] | None
+    labels: tuple[str, ...]  # one per area
+    png: str | None = None
+    rle: dict[int, dict[str, object]] | None = None
+    class_map: np.ndarray | None = None  # uint8|uint16[H,W], with mask_format=map
 
 
-class SegmentPostprocessor:
-    def __init__(self, fmt: str, output_names: list[str]) -> None:
+@dataclass(frozen=True)
+class InstanceResult:
+    width: int
+    height: int
+    instances: list[Instance]  # descending score
+    labels: tuple[str, ...]  # one per instance
+
+
+class SegmentProcessor(ImageTask):
+    """Image → ``float32[3,H,W]``; semantic logits → a class map at the original size, or
+    Mask R-CNN / YOLO-seg outputs → instances with COCO RLE masks."""
+
+    def __init__(
+        self, image: ImageProcessor, fmt: str, output_names: Sequence[str], labels: Sequence[str]
+    ) -> None:
+        super().__init__(image)
         self.fmt = fmt
-        self.output_names = output_names
+        self.output_names = list(output_names)
+        self.labels = list(labels)
 
     @property
     def instance(self) -> bool:
         """Whether results are instances (Mask R-CNN, YOLO-seg) rather than a class map."""
         return self.fmt in ("maskrcnn", "yolov8-seg")
 
-    def __call__(
-        self, outputs: dict[str, np.ndarray], geo: Geometry, params: SegmentParams
-    ) -> SemanticResult | list[Instance]:
+    def finish(
+        self, outputs: Outputs, meta: Geometry, params: SegmentParams
+    ) -> SemanticResult | InstanceResult:
+        if self.instance:
+            instances = self._instances(outputs, meta, params)
+            names = tuple(label_for(self.labels, inst.class_id) for inst in instances)
+            return InstanceResult(meta.orig_w, meta.orig_h, instances, names)
+        class_map = semantic_class_map(outputs[self.output_names[0]], meta)
+        areas = class_areas(class_map)
+        names = tuple(label_for(self.labels, a.class_id) for a in areas)
+        size = (meta.orig_w, meta.orig_h)
+        if params.mask_format == "map":
+            return SemanticResult(*size, areas, names, class_map=class_map)
+        if params.mask_format == "rle":
+            return SemanticResult(*size, areas, names, rle=semantic_rle(class_map))
+        return SemanticResult(*size, areas, names, png=png_base64(class_map))
+
+    def _instances(self, outputs: Outputs, geo: Geometry, params: SegmentParams) -> list[Instance]:
         if self.fmt == "maskrcnn":
             boxes, labels, scores, masks = (outputs[n] for n in self.output_names[:4])
             return instances_from_maskrcnn(
@@ -317,10 +361,5 @@ class SegmentPostprocessor:
                 geo,
                 params.confidence,
             )
-        if self.fmt == "yolov8-seg":
-            output, protos = (outputs[n] for n in self.output_names[:2])
-            return instances_from_yolo_seg(output, protos, geo, params.confidence, params.iou)
-        class_map = semantic_class_map(outputs[self.output_names[0]], geo)
-        if params.mask_format == "rle":
-            return SemanticResult(class_areas(class_map), None, semantic_rle(class_map))
-        return SemanticResult(class_areas(class_map), png_base64(class_map), None)
+        output, protos = (outputs[n] for n in self.output_names[:2])
+        return instances_from_yolo_seg(output, protos, geo, params.confidence, params.iou)

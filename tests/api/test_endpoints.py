@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.deps import LONE_MAX_BYTES
-from service.tasks.imaging import ImageProcessor
+from service.tasks.imaging import LONE_MAX_BYTES, ImageProcessor
 from service.tasks.segmentation import rle_decode
 from tests.api.conftest import b64, png, solid
 from tests.support.tiny_models import WORDS, embedding_table

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import render
+from service.tasks import render
 from tests.api.conftest import b64, png, solid
 
 

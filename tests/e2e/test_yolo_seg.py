@@ -179,7 +179,7 @@ def test_letterboxed_decoding_agrees_with_ultralytics_ops(
     import onnxruntime as ort
     from ultralytics.utils import ops
 
-    from service.runtime.model_config import load_model_config
+    from service.model_config import load_model_config
     from service.tasks.imaging import ImageProcessor
     from service.tasks.segmentation import instances_from_yolo_seg
 

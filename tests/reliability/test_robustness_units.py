@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from service.errors import ClientDisconnectedError
+from service.model_config import ConfigError
 from service.runtime.batcher import DynamicBatcher
-from service.runtime.model_config import ConfigError
 from service.runtime.registry import ModelRegistry
 from service.settings import Settings
 from tests.support.tiny_models import classifier

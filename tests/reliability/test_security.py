@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-from service.tasks.classification import ClassifyPostprocessor
+from service.tasks.classification import ClassifyProcessor
 from tests.support.server import Server, running_server
 from tests.support.tiny_models import TINY_DEFAULTS
 
@@ -224,7 +224,7 @@ def test_internal_exception_text_never_reaches_the_client(
     def explode(self: object, *args: object) -> object:
         raise RuntimeError(secret)
 
-    monkeypatch.setattr(ClassifyPostprocessor, "__call__", explode)
+    monkeypatch.setattr(ClassifyProcessor, "finish", explode)
     app = create_app(Settings(model_repository=tiny_repo, **TINY_DEFAULTS))
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post(

@@ -396,3 +396,21 @@ TINY_DEFAULTS = {
     "default_segment_model": "tiny-seg",
     "default_embed_model": "tiny-embedder",
 }
+
+
+def versioned_classifier(folder: Path, version: int, max_batch_size: int = 8) -> None:
+    """A colour classifier whose answer says which version produced it: logits are the mean
+    colour × (20 + ``version``) (a pure red image: red logit = 20 + version) and its labels are
+    ``v<version>-red`` etc. Written into ``folder`` by rename, as an export writes."""
+    staging = folder.with_name(f".{folder.name}.tmp")
+    weights = np.eye(3, dtype=np.float32) * (20.0 + version)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        const("w", weights),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
+    config = classifier_config({"max_batch_size": max_batch_size, "max_delay_ms": 5})
+    config["labels"] = [f"v{version}-{c}" for c in COLOURS]
+    save_model(staging, classifier_graph(nodes, "versioned-classifier"), config)
+    staging.rename(folder)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from service.runtime.model_config import load_model_config
+from service.model_config import load_model_config
 from training.common import dihedral
 from training.shapes import generate
 from training.train import (

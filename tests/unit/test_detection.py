@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.runtime.model_config import ImagePreprocessing
+from service.model_config import ImagePreprocessing
 from service.tasks.detection import (
     DetectParams,
     batched_nms,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.errors import InvalidImageError, PayloadTooLargeError
-from service.runtime.model_config import ImagePreprocessing
+from service.model_config import ImagePreprocessing
 from service.tasks.imaging import DecodedImage, decode_image, input_tensor
 
 LIMIT = 40_000_000

@@ -7,7 +7,7 @@ from typing import get_args
 import pytest
 import yaml
 
-from service.runtime.model_config import ConfigError
+from service.model_config import ConfigError
 from service.runtime.registry import ModelRegistry
 from service.runtime.session import CPU, CUDA, CpuArena, OrtSession
 from service.settings import Settings
@@ -62,7 +62,7 @@ def test_missing_model_file_and_non_strict_startup_serves_the_rest(tmp_path) -> 
     registry.load()
     assert registry.models["clf"].status == "failed"
     assert "not found" in (registry.models["clf"].error or "")
-    assert registry.models["good"].batcher is not None
+    assert registry.models["good"].latest is not None
 
 
 def test_metadata_task_must_match_the_config(tmp_path) -> None:
@@ -176,8 +176,8 @@ def test_the_cpu_arena_setting_reaches_every_session_and_leaves_outputs_unchange
     repo = repo_with(tmp_path)
     registry = ModelRegistry(Settings(model_repository=repo, ort_cpu_arena=arena))
     registry.load()
-    served = registry.models["clf"]
-    assert served.session is not None
+    served = registry.models["clf"].latest
+    assert served is not None
     assert served.session._session.get_session_options().enable_cpu_mem_arena is (arena != "off")
     assert _env_allocators(served.session) == ("1" if arena == "shared" else None)
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)

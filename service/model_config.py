@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -106,6 +106,17 @@ class Batching(_Strict):
     max_queue_size: int = Field(default=256, gt=0, le=1_000_000)
 
 
+class LatestVersions(_Strict):
+    latest: int = Field(default=1, gt=0, description="Serve the N highest versions.")
+
+
+class SpecificVersions(_Strict):
+    specific: list[int] = Field(min_length=1, description="Serve exactly these versions.")
+
+
+VersionPolicy = Literal["all"] | LatestVersions | SpecificVersions
+
+
 class ModelConfig(_Strict):
     name: str = Field(default="", description="Defaults to the folder name.")
     task: Task
@@ -119,6 +130,13 @@ class ModelConfig(_Strict):
         default=None, description="A list, or a file name in the model folder (one per line)."
     )
     batching: Batching = Batching()
+    version_policy: VersionPolicy = Field(
+        default=LatestVersions(),
+        description=(
+            "Which numbered version folders serve: {latest: N} (default 1), all, or "
+            "{specific: [1, 3]}. Read from the highest version's config."
+        ),
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -145,10 +163,37 @@ class ModelConfig(_Strict):
     def batched(self) -> bool:
         return self.batching.max_batch_size > 0
 
+    def selects(self, versions: list[int]) -> list[int]:
+        """The versions (ascending) that this config's ``version_policy`` serves."""
+        ordered = sorted(versions)
+        policy = self.version_policy
+        if policy == "all":
+            return ordered
+        if isinstance(policy, SpecificVersions):
+            return [v for v in ordered if v in set(policy.specific)]
+        return ordered[-policy.latest :]
 
-def load_model_config(folder: Path) -> tuple[ModelConfig, list[str]]:
-    """Read and validate ``folder/config.yaml``; returns the config and its resolved labels."""
-    name = folder.name
+
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_model_config(
+    folder: Path, name: str | None = None, override: dict[str, Any] | None = None
+) -> tuple[ModelConfig, list[str]]:
+    """Read and validate ``folder/config.yaml``; returns the config and its resolved labels.
+
+    ``name`` is the model's name when ``folder`` is one of its numbered version folders
+    (default: the folder's name); ``override`` is merged over the file (a load call's config).
+    """
+    name = name or folder.name
     if not _MODEL_NAME_RE.match(name):
         raise ConfigError(f"model {name!r}: folder name is not a valid model identifier")
     path = folder / "config.yaml"
@@ -162,6 +207,8 @@ def load_model_config(folder: Path) -> tuple[ModelConfig, list[str]]:
         raise ConfigError(f"model {name!r}: config.yaml is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"model {name!r}: config.yaml must be a mapping")
+    if override:
+        raw = merge_config(raw, override)
     raw.setdefault("name", name)
     try:
         config = ModelConfig.model_validate(raw)

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from service.tasks.detection import Detections
 from service.tasks.imaging import decode_image
-from service.tasks.segmentation import Instance, rle_decode
+from service.tasks.segmentation import Instance, InstanceResult, SemanticResult, rle_decode
 
 RenderFormat = Literal["png", "jpeg"]
 Colour = tuple[int, int, int]
@@ -291,3 +291,19 @@ def instances_picture(
         labels,
     )
     return encode(image, fmt)
+
+
+def segmentation_picture(
+    data: bytes,
+    result: SemanticResult | InstanceResult,
+    labels: Sequence[str],
+    fmt: RenderFormat,
+    *,
+    max_pixels: int,
+) -> bytes:
+    """Outlined instances, or the class map (``mask_format="map"``) as an overlay."""
+    if isinstance(result, InstanceResult):
+        return instances_picture(data, result.instances, labels, fmt, max_pixels=max_pixels)
+    if result.class_map is None:
+        raise ValueError("a semantic picture needs the class map (mask_format='map')")
+    return semantic_picture(data, result.class_map, labels, fmt, max_pixels=max_pixels)

@@ -1,0 +1,153 @@
+"""LoadedModel: one version of one model, ready to serve, and ``build_model``, which makes it.
+
+A LoadedModel is immutable: loading builds a new one and the registry swaps it in whole. Its
+only moving parts are the batcher's queue and ``usage``, the count of requests holding it, which
+lets a replaced version finish what it already accepted before it is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from service.errors import BadRequestError
+from service.model_config import ConfigError, ModelConfig
+from service.runtime.batcher import BatchObserver, BatchRunner, DynamicBatcher
+from service.runtime.session import OrtSession, SessionError
+from service.runtime.validate import validate_against_graph, warmup_feeds
+from service.settings import Settings
+from service.tasks.base import Feeds, Outputs
+from service.tasks.factory import Processor, processor_for
+
+log = logging.getLogger(__name__)
+P = TypeVar("P")
+
+
+class Usage:
+    """How many requests hold a model right now; ``drained`` waits until none does."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def acquire(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One serving version: its config, ONNX session, task processor and batcher."""
+
+    name: str
+    version: int
+    folder: Path
+    config: ModelConfig
+    labels: tuple[str, ...]
+    session: OrtSession
+    processor: Processor
+    batcher: DynamicBatcher[Feeds, Outputs]
+    usage: Usage = field(default_factory=Usage, compare=False)
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.healthy
+
+    def processor_as(self, kind: type[P]) -> P:
+        """The processor as the type a caller needs (a 400 for a model of another kind)."""
+        if not isinstance(self.processor, kind):
+            raise BadRequestError(f"model {self.name!r} cannot serve this request")
+        return self.processor
+
+
+def open_session(path: Path, name: str, settings: Settings, providers: list[str]) -> OrtSession:
+    try:
+        return OrtSession(
+            path,
+            providers=providers,
+            require_cuda=settings.require_cuda,
+            intra_op_threads=settings.intra_op_threads,
+            allow_spinning=settings.ort_allow_spinning,
+            spin_between_runs=settings.ort_spin_between_runs,
+            cpu_arena=settings.ort_cpu_arena,
+        )
+    except SessionError as exc:
+        raise SessionError(f"model {name!r}: {exc}") from exc
+
+
+def build_model(
+    folder: Path,
+    config: ModelConfig,
+    labels: Sequence[str],
+    *,
+    version: int,
+    settings: Settings,
+    providers: list[str],
+    observer: BatchObserver | None = None,
+) -> LoadedModel:
+    """Session → graph check → processor → warm-up at the largest batch the batcher will form.
+
+    Blocking (seconds for a large model): call it off the event loop. Raises ``ConfigError`` or
+    ``SessionError`` naming the model; the batcher is built but not started.
+    """
+    name = config.name
+    model_path = folder / config.model_file
+    if not model_path.is_file():
+        raise ConfigError(f"model {name!r}: model_file {config.model_file!r} not found")
+    session = open_session(model_path, name, settings, providers)
+    validate_against_graph(config, list(labels), session)
+    processor = processor_for(folder, config, labels, max_image_pixels=settings.max_image_pixels)
+    runner = BatchRunner(
+        session.run,
+        batched=config.batched,
+        collate=processor.collate,
+        bucket_by=processor.bucket_by,
+    )
+    # warm-up at the largest batch the batcher will form, so the first request is not slow
+    try:
+        runner([warmup_feeds(config)] * max(1, config.batching.max_batch_size))
+    except Exception as exc:
+        raise SessionError(f"model {name!r}: warm-up run failed: {exc}") from exc
+    batcher: DynamicBatcher[Feeds, Outputs] = DynamicBatcher(
+        name,
+        runner,
+        max_batch_size=config.batching.max_batch_size,
+        max_delay_ms=config.batching.max_delay_ms,
+        max_queue_size=config.batching.max_queue_size,
+        observer=observer,
+    )
+    log.info(
+        "model %s version %d: %s/%s on %s, max_batch_size=%d",
+        name,
+        version,
+        config.task,
+        config.format,
+        session.provider,
+        config.batching.max_batch_size,
+    )
+    return LoadedModel(name, version, folder, config, tuple(labels), session, processor, batcher)
+
+
+def describe_failure(name: str, exc: BaseException) -> str:
+    """A load failure for the log, ``/v1/models`` and the load call's 400 body: our own errors
+    already name the model and the field; anything else (a bug, an odd file) gets its type."""
+    if isinstance(exc, ConfigError | SessionError):
+        return str(exc)
+    return f"model {name!r}: {type(exc).__name__}: {exc}"

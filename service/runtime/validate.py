@@ -1,0 +1,119 @@
+"""Checks a model's config against its ONNX graph, and the warm-up inputs it is run with."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.model_config import ConfigError, ModelConfig, TensorSpec
+from service.runtime.session import IOSpec, OrtSession
+from service.tasks.base import Feeds
+
+_NP_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+}
+
+
+def _check_tensor(model: str, kind: str, spec: TensorSpec, graph: IOSpec, batched: bool) -> None:
+    where = f"model {model!r}: {kind} {spec.name!r}"
+    if spec.dtype != graph.dtype:
+        raise ConfigError(f"{where}: dtype is {graph.dtype} in the graph, {spec.dtype} in config")
+    dims = graph.dims()
+    if batched:
+        if not dims:
+            raise ConfigError(f"{where}: the graph tensor has no batch axis but max_batch_size > 0")
+        dims = dims[1:]
+    if len(dims) != len(spec.dims):
+        raise ConfigError(
+            f"{where}: dims {spec.dims} have rank {len(spec.dims)}, the graph's "
+            f"{graph.dims()} (batch axis {'included' if batched else 'absent'}) rank {len(dims)}"
+        )
+    for axis, (want, have) in enumerate(zip(spec.dims, dims, strict=True)):
+        if want != -1 and have != -1 and want != have:
+            raise ConfigError(f"{where}: dims[{axis}] is {want} in config but {have} in the graph")
+
+
+def validate_against_graph(config: ModelConfig, labels: list[str], session: OrtSession) -> None:
+    """Every mismatch between config.yaml and the ONNX graph is a ConfigError naming the field."""
+    name = config.name
+    graph_inputs = {i.name: i for i in session.inputs}
+    graph_outputs = {o.name: o for o in session.outputs}
+    for spec in config.inputs:
+        if spec.name not in graph_inputs:
+            raise ConfigError(
+                f"model {name!r}: inputs: {spec.name!r} is not a graph input "
+                f"(graph has {sorted(graph_inputs)})"
+            )
+        _check_tensor(name, "input", spec, graph_inputs[spec.name], config.batched)
+    missing = set(graph_inputs) - {s.name for s in config.inputs}
+    if missing:
+        raise ConfigError(f"model {name!r}: inputs: the graph also needs {sorted(missing)}")
+    for spec in config.outputs:
+        if spec.name not in graph_outputs:
+            raise ConfigError(
+                f"model {name!r}: outputs: {spec.name!r} is not a graph output "
+                f"(graph has {sorted(graph_outputs)})"
+            )
+        _check_tensor(name, "output", spec, graph_outputs[spec.name], config.batched)
+    if config.image is not None:
+        dims = config.inputs[0].dims
+        if len(dims) != 3 or dims[0] not in (3, -1):
+            raise ConfigError(f"model {name!r}: inputs[0].dims must be [3, H, W] for images")
+        for axis, size, field_name in (
+            (1, config.image.height, "height"),
+            (2, config.image.width, "width"),
+        ):
+            if dims[axis] != -1 and dims[axis] != size:
+                raise ConfigError(
+                    f"model {name!r}: image.{field_name} is {size} but the input is {dims[axis]}"
+                )
+    classes = _class_count(config)
+    if labels and classes is not None and classes != len(labels):
+        raise ConfigError(
+            f"model {name!r}: labels: {len(labels)} labels for {classes} output classes"
+        )
+    meta = session.metadata
+    for key in ("task", "format"):
+        if key in meta and meta[key] != getattr(config, key):
+            raise ConfigError(
+                f"model {name!r}: {key}: config says {getattr(config, key)!r}, "
+                f"the ONNX metadata says {meta[key]!r}"
+            )
+
+
+def _class_count(config: ModelConfig) -> int | None:
+    dims = config.outputs[0].dims
+    if config.format in ("classification-logits", "classification-probs", "semantic-logits"):
+        size = dims[0] if dims else -1
+    elif config.format == "yolov8":
+        size = dims[0] - 4 if dims and dims[0] != -1 else -1
+    elif config.format == "yolov8-seg":  # output0 [4+nc+nm, N], output1 (prototypes) [nm, h, w]
+        masks = config.outputs[1].dims[0] if config.outputs[1].dims else -1
+        size = dims[0] - 4 - masks if dims and -1 not in (dims[0], masks) else -1
+    elif config.format == "yolov5":
+        size = dims[-1] - 5 if dims and dims[-1] != -1 else -1
+    else:
+        return None
+    return size if size > 0 else None
+
+
+def warmup_feeds(config: ModelConfig, text_length: int = 16) -> Feeds:
+    feeds: Feeds = {}
+    for spec in config.inputs:
+        if config.image is not None:
+            shape = [3, config.image.height, config.image.width]
+            if config.image.resize == "fit":
+                shape = [3, min(config.image.height, 256), min(config.image.width, 256)]
+        else:
+            shape = [d if d != -1 else text_length for d in spec.dims]
+        dtype = _NP_DTYPES[spec.dtype]
+        feeds[spec.name] = (
+            np.ones(shape, dtype=dtype)
+            if spec.name == "attention_mask"
+            else np.zeros(shape, dtype=dtype)
+        )
+    return feeds

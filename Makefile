@@ -23,8 +23,13 @@ include mk/*.mk
 
 models: install $(DEFAULT_MODELS)
 
-serve: models
-	ORTSERVE_MODEL_REPOSITORY=$(MODELS) ORTSERVE_HOST=$(HOST) ORTSERVE_PORT=$(PORT) $(PY) -m service
+# The quick defaults (exported in seconds) are built first; the server then starts in poll mode
+# while the rest (the shapes models, trained for about 16 minutes on 2 cores) builds beside it,
+# its progress prefixed with [models], and each lands in the running server as it is written.
+serve: install $(QUICK_MODELS)
+	@$(MAKE) --no-print-directory models 2>&1 | sed -u 's/^/[models] /' &
+	ORTSERVE_MODEL_REPOSITORY=$(MODELS) ORTSERVE_HOST=$(HOST) ORTSERVE_PORT=$(PORT) \
+		ORTSERVE_MODEL_CONTROL=poll $(PY) -m service
 
 test: models
 	$(PY) -m pytest -q

@@ -4,7 +4,9 @@ EXPORT_SRC := export/__init__.py export/__main__.py export/common.py export/veri
 MNV2_WEIGHTS = $$($(PY) -c 'from export.classifiers import offline_mobilenet_v2_weights as w; print(w())')
 MINILM_DIR = $$($(PY) -c 'from export.text import minilm_dir; print(minilm_dir())')
 
-DEFAULT_MODELS += $(MODELS)/mobilenet_v2/model.onnx $(MODELS)/all-MiniLM-L6-v2/model.onnx $(MODELS)/glove-6b-50d/model.onnx
+# the defaults `make serve` waits for (seconds each); the others land while it serves
+QUICK_MODELS := $(MODELS)/mobilenet_v2/model.onnx $(MODELS)/all-MiniLM-L6-v2/model.onnx $(MODELS)/glove-6b-50d/model.onnx
+DEFAULT_MODELS += $(QUICK_MODELS)
 
 $(MODELS)/mobilenet_v2/model.onnx: $(EXPORT_SRC) export/classifiers.py | $(VENV)/.installed
 	$(PY) -m export classifier --arch mobilenet_v2 --checkpoint "$(MNV2_WEIGHTS)" \

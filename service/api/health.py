@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from service.api.deps import registry_of, settings_of
-from service.errors import ModelNotFoundError
+from service.errors import ModelNotFoundError, NotReadyError
 from service.runtime.registry import ModelEntry
 from service.schemas.common import BatchingInfo, ModelInfo, ModelList, TensorInfo, VersionInfo
 
@@ -122,7 +122,7 @@ async def list_models(request: Request) -> ModelList:
     for task in TASKS:
         try:
             defaults.setdefault(registry.default_for(task), []).append(task)
-        except ModelNotFoundError:  # a task without any model has no default
+        except (ModelNotFoundError, NotReadyError):  # a task without any model has no default
             continue
     return ModelList(
         models=[model_info(m, defaults.get(n, [])) for n, m in registry.models.items()]

@@ -405,6 +405,13 @@ class ModelRegistry:
         for entry in self.models.values():
             if entry.task == task and entry.status != "failed":
                 return entry.name
+        if self.settings.model_control == "poll":
+            # a repository that is still being filled (``make serve`` builds the slow defaults
+            # in the background): the default is on its way, not missing
+            raise NotReadyError(
+                f"the default {task} model {preferred!r} is not in the repository yet; if it is "
+                "being built, it serves as soon as it lands (no restart needed)"
+            )
         raise ModelNotFoundError(f"no model serves task {task!r} in this repository")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.common import RequestModel
 
@@ -96,7 +96,12 @@ class InferResponse(BaseModel):
 
 
 # -- the model-repository extension -----------------------------------------------------------
+# tritonclient sends these as JSON only (never a form), so a bool is a bool, not 1 or "yes"
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
 class RepositoryIndexRequest(RequestModel):
+    model_config = STRICT
     ready: bool = Field(default=False, description="Only the models (versions) ready to serve.")
 
 
@@ -108,6 +113,7 @@ class RepositoryModel(BaseModel):
 
 
 class LoadParameters(RequestModel):
+    model_config = STRICT
     config: (
         Annotated[str, Field(max_length=1_000_000)]
         | dict[Annotated[str, Field(max_length=128)], Any]
@@ -124,14 +130,17 @@ class LoadParameters(RequestModel):
 
 
 class LoadRequest(RequestModel):
+    model_config = STRICT
     parameters: LoadParameters = LoadParameters()
 
 
 class UnloadParameters(RequestModel):
+    model_config = STRICT
     unload_dependents: bool = Field(default=False, description="Accepted; models have none.")
 
 
 class UnloadRequest(RequestModel):
+    model_config = STRICT
     parameters: UnloadParameters = UnloadParameters()
 
 

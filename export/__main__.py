@@ -18,6 +18,7 @@ FAMILIES = [
     "export.glove",
     "export.detection",
     "export.segmentation",
+    "export.nanodet",
 ]
 
 

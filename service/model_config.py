@@ -22,6 +22,7 @@ OutputFormat = Literal[
     "yolov8",  # Ultralytics v8/v11: [B, 4+nc, N] with cx,cy,w,h in input pixels
     "yolov5",  # Ultralytics v5: [B, N, 5+nc] with cx,cy,w,h,objectness
     "torchvision-detection",  # boxes [N,4] x1y1x2y2, labels [N], scores [N]; no batch dim
+    "nanodet",  # NanoDet (GFL head): [B, N, C+4·bins], sigmoid scores then side distributions
     "semantic-logits",  # [B, C, h, w]
     "maskrcnn",  # boxes [N,4], labels [N], scores [N], masks [N,1,H,W] pasted; no batch dim
     "yolov8-seg",  # Ultralytics -seg: [B, 4+nc+nm, N] then prototypes [B, nm, h, w]
@@ -30,7 +31,7 @@ OutputFormat = Literal[
 ]
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "classify": ("classification-logits", "classification-probs"),
-    "detect": ("yolov8", "yolov5", "torchvision-detection"),
+    "detect": ("yolov8", "yolov5", "torchvision-detection", "nanodet"),
     "segment": ("semantic-logits", "maskrcnn", "yolov8-seg"),
     "embed": ("sentence-embedding", "token-embeddings"),
 }

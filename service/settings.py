@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0, description="Default deadline.")
 
     default_classify_model: str = "mobilenet_v2"
-    default_detect_model: str = "shapes-yolo"
+    default_detect_model: str = "nanodet-coco"
     default_segment_model: str = "shapes-unet"
     default_embed_model: str = "all-MiniLM-L6-v2"
 

@@ -7,6 +7,7 @@ import numpy as np
 from service.model_config import ConfigError, ModelConfig, TensorSpec
 from service.runtime.session import IOSpec, OrtSession
 from service.tasks.base import Feeds
+from service.tasks.detection import NANODET_STRIDES, nanodet_centers
 
 _NP_DTYPES = {
     "float32": np.float32,
@@ -76,6 +77,8 @@ def validate_against_graph(config: ModelConfig, labels: list[str], session: OrtS
         raise ConfigError(
             f"model {name!r}: labels: {len(labels)} labels for {classes} output classes"
         )
+    if config.format == "nanodet":
+        _check_nanodet(config, labels)
     meta = session.metadata
     for key in ("task", "format"):
         if key in meta and meta[key] != getattr(config, key):
@@ -83,6 +86,27 @@ def validate_against_graph(config: ModelConfig, labels: list[str], session: OrtS
                 f"model {name!r}: {key}: config says {getattr(config, key)!r}, "
                 f"the ONNX metadata says {meta[key]!r}"
             )
+
+
+def _check_nanodet(config: ModelConfig, labels: list[str]) -> None:
+    """``[N, C + 4·bins]``: C comes from the labels, N from the input size and the strides."""
+    name, dims, image = config.name, config.outputs[0].dims, config.image
+    if not labels:
+        raise ConfigError(f"model {name!r}: labels: format nanodet needs one label per class")
+    if len(dims) != 2 or image is None:
+        raise ConfigError(f"model {name!r}: outputs[0].dims must be [N, C+4·bins] for nanodet")
+    points = len(nanodet_centers(image.width, image.height))
+    if dims[0] not in (-1, points):
+        raise ConfigError(
+            f"model {name!r}: outputs[0].dims[0] is {dims[0]}; a {image.width}×{image.height} "
+            f"input at strides {NANODET_STRIDES} has {points} points"
+        )
+    sides = dims[1] - len(labels)
+    if dims[1] != -1 and (sides <= 0 or sides % 4):
+        raise ConfigError(
+            f"model {name!r}: labels: {len(labels)} labels leave {sides} of the output's "
+            f"{dims[1]} values per point, not 4 side distributions"
+        )
 
 
 def _class_count(config: ModelConfig) -> int | None:

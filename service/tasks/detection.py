@@ -1,5 +1,6 @@
-"""Detection decoding: YOLO (Ultralytics v8/v11 and v5 layouts) and torchvision-style outputs,
-class-aware NMS in vectorised numpy, and mapping boxes back to the original image."""
+"""Detection decoding: YOLO (Ultralytics v8/v11 and v5 layouts), NanoDet (GFL head) and
+torchvision-style outputs, class-aware NMS in vectorised numpy, and mapping boxes back to the
+original image."""
 
 from __future__ import annotations
 
@@ -127,6 +128,55 @@ def decode_yolov5(output: np.ndarray, params: DetectParams) -> Detections:
     return _select(_cxcywh_to_xyxy(candidates[:, :4]), class_scores, params)[0]
 
 
+# NanoDet's three heads, in the order its output concatenates them (row-major points per head)
+NANODET_STRIDES = (8, 16, 32)
+
+
+def nanodet_centers(
+    width: int, height: int, strides: Sequence[int] = NANODET_STRIDES
+) -> np.ndarray:
+    """``float32[N,3]``: each output point's centre x, y in input pixels and its stride; a point
+    sits in the middle of its cell, ``(col + 0.5) · stride``."""
+    rows = []
+    for stride in strides:
+        ys, xs = np.mgrid[0 : -(-height // stride), 0 : -(-width // stride)]
+        rows.append(
+            np.stack(
+                [
+                    (xs.ravel() + 0.5) * stride,
+                    (ys.ravel() + 0.5) * stride,
+                    np.full(xs.size, stride),
+                ],
+                axis=1,
+            )
+        )
+    return np.concatenate(rows).astype(np.float32)
+
+
+def decode_nanodet(
+    output: np.ndarray, centers: np.ndarray, num_classes: int, params: DetectParams
+) -> Detections:
+    """``float32[N, C + 4·bins]`` → detections. The first C values of a point are its sigmoid
+    class scores; then, for the left, top, right and bottom side in turn, ``bins`` logits of a
+    distance distribution (GFL): softmax, expected bin index × stride = that side's distance
+    from the point's centre (``centers``, from :func:`nanodet_centers`)."""
+    width = output.shape[1] - num_classes if output.ndim == 2 else 0
+    if output.ndim != 2 or width <= 0 or width % 4 or output.shape[0] != centers.shape[0]:
+        raise ValueError(
+            f"nanodet output must be [{centers.shape[0]}, {num_classes}+4·bins], got {output.shape}"
+        )
+    class_scores = output[:, :num_classes]
+    # only points that can pass the threshold are worth the softmax
+    rows = np.flatnonzero(class_scores.max(axis=1) >= params.confidence)
+    logits = output[rows, num_classes:].reshape(rows.size, 4, width // 4)
+    weights = np.exp(logits - logits.max(axis=2, keepdims=True))
+    weights /= weights.sum(axis=2, keepdims=True)
+    centre = centers[rows]
+    distance = (weights @ np.arange(width // 4, dtype=np.float32)) * centre[:, 2:3]
+    boxes = np.concatenate([centre[:, :2] - distance[:, :2], centre[:, :2] + distance[:, 2:]], 1)
+    return _select(boxes, class_scores[rows], params)[0]
+
+
 def decode_torchvision(
     boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, params: DetectParams
 ) -> Detections:
@@ -173,6 +223,9 @@ class DetectProcessor(ImageTask):
         self.fmt = fmt
         self.output_names = list(output_names)
         self.labels = list(labels)
+        self._centers = (
+            nanodet_centers(image.spec.width, image.spec.height) if fmt == "nanodet" else None
+        )
 
     def params(
         self,
@@ -199,6 +252,9 @@ class DetectProcessor(ImageTask):
             det = decode_torchvision(
                 boxes.reshape(-1, 4), labels.reshape(-1), scores.reshape(-1), params
             )
+        elif self._centers is not None:
+            raw = outputs[self.output_names[0]]
+            det = decode_nanodet(raw, self._centers, len(self.labels), params)
         else:
             raw = outputs[self.output_names[0]]
             det = decode_yolov8(raw, params) if self.fmt == "yolov8" else decode_yolov5(raw, params)

@@ -18,6 +18,7 @@ TINY = [
     "tiny-classifier",
     "tiny-embedder",
     "tiny-maskrcnn",
+    "tiny-nanodet",
     "tiny-seg",
     "tiny-yolo",
     "tiny-yolo-seg",

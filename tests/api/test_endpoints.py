@@ -98,6 +98,19 @@ def test_detect_yolov5_layout_and_class_filter(client: TestClient) -> None:
     assert "zebra" in unknown.json()["error"]
 
 
+def test_detect_nanodet_layout_decodes_side_distributions_into_original_pixels(
+    client: TestClient,
+) -> None:
+    img = np.zeros((32, 64, 3), np.uint8)  # letterboxed into 64×64: 16 px bands above and below
+    img[..., 0] = 255
+    body = client.post("/detect", json={"images": [b64(png(img))], "model": "tiny-nanodet"}).json()
+    [det] = body["results"][0]["detections"]
+    assert det["label"] == "red"
+    assert det["score"] == pytest.approx(0.5, abs=0.02)  # mean red of the padded input
+    # 8,8–40,40 in the model input is 8,0–40,24 in the original (the top band removed)
+    assert det["box"] == pytest.approx({"x1": 8, "y1": 0, "x2": 40, "y2": 24}, abs=0.5)
+
+
 def test_detect_torchvision_style_model_scales_boxes_back(client: TestClient) -> None:
     img = np.zeros((100, 300, 3), np.uint8)
     img[:, :150, 0] = 255  # red left half

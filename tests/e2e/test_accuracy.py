@@ -28,7 +28,8 @@ def need(name: str) -> pytest.MarkDecorator:
 def server() -> Iterator[Server]:
     if not (MODELS / "shapes-yolo" / "model.onnx").is_file():
         pytest.skip("shapes models not built: run `make models`")
-    with running_server(MODELS) as srv:
+    # the shapes models, not the COCO default
+    with running_server(MODELS, default_detect_model="shapes-yolo") as srv:
         yield srv
 
 

@@ -9,6 +9,9 @@ Each model computes something simple from its input, so tests can predict the ri
 - ``tiny-maskrcnn``: one instance covering the image, score = mean red, mask = red channel.
 - ``tiny-yolo-seg``: ``tiny-yolo`` plus one mask coefficient (1) per candidate and one
   prototype, the red channel − 0.5 at 16×16: each instance's mask = red pixels in its box.
+- ``tiny-nanodet``: NanoDet's layout ``[B, 84, 2+4·2]`` for a 64×64 input (strides 8, 16, 32);
+  one point (centre 24, 24) scores the mean red / green, its sides say one stride (16 px) each:
+  a box 8,8–40,40 in input pixels.
 - ``tiny-embedder``: an embedding table + masked mean pooling, with a WordLevel tokenizer.
 """
 
@@ -143,6 +146,51 @@ def yolo(folder: Path, layout: str = "yolov8") -> None:
             "format": layout,
             "inputs": [{"name": "images", "dtype": "float32", "dims": [3, 64, 64]}],
             "outputs": [{"name": "output0", "dtype": "float32", "dims": cfg_dims}],
+            "image": {"resize": "letterbox", "width": 64, "height": 64, "pad_value": 0},
+            "labels": ["red", "green"],
+            "batching": {"max_batch_size": 8, "max_delay_ms": 5, "max_queue_size": 64},
+        },
+    )
+
+
+def nanodet(folder: Path) -> None:
+    points, point = 64 + 16 + 4, 64 + 4 + 1  # stride 16, row 1, column 1
+    mask = np.zeros((1, points, 1), dtype=np.float32)
+    mask[0, point] = 1.0
+    sides = np.full((1, points, 4, 2), -50.0, dtype=np.float32)
+    sides[0, point, :, 1] = 50.0  # every side: bin 1 = one stride
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[2, 3], keepdims=0),
+        const("rg_start", np.array([0], dtype=np.int64)),
+        const("rg_end", np.array([2], dtype=np.int64)),
+        const("rg_axis", np.array([1], dtype=np.int64)),
+        helper.make_node("Slice", ["mean", "rg_start", "rg_end", "rg_axis"], ["rg"]),
+        helper.make_node("Unsqueeze", ["rg", "rg_axis"], ["rg_1"]),
+        const("point_mask", mask),
+        helper.make_node("Mul", ["rg_1", "point_mask"], ["scores"]),
+        helper.make_node("Shape", ["images"], ["in_shape"]),
+        const("zero_idx", np.array([0], dtype=np.int64)),
+        helper.make_node("Gather", ["in_shape", "zero_idx"], ["batch"], axis=0),
+        const("side_tail", np.array([points, 8], dtype=np.int64)),
+        helper.make_node("Concat", ["batch", "side_tail"], ["side_shape"], axis=0),
+        const("sides", sides.reshape(1, points, 8)),
+        helper.make_node("Expand", ["sides", "side_shape"], ["sides_b"]),
+        helper.make_node("Concat", ["scores", "sides_b"], ["output0"], axis=2),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-nanodet",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", points, 10])],
+    )
+    save_model(
+        folder,
+        graph,
+        {
+            "task": "detect",
+            "format": "nanodet",
+            "inputs": [{"name": "images", "dtype": "float32", "dims": [3, 64, 64]}],
+            "outputs": [{"name": "output0", "dtype": "float32", "dims": [points, 10]}],
             "image": {"resize": "letterbox", "width": 64, "height": 64, "pad_value": 0},
             "labels": ["red", "green"],
             "batching": {"max_batch_size": 8, "max_delay_ms": 5, "max_queue_size": 64},
@@ -382,6 +430,7 @@ def build_repository(root: Path) -> Path:
     classifier(root / "tiny-classifier")
     yolo(root / "tiny-yolo", "yolov8")
     yolo(root / "tiny-yolov5", "yolov5")
+    nanodet(root / "tiny-nanodet")
     semantic(root / "tiny-seg")
     maskrcnn(root / "tiny-maskrcnn")
     yolo_seg(root / "tiny-yolo-seg")

@@ -8,9 +8,11 @@ from service.model_config import ImagePreprocessing
 from service.tasks.detection import (
     DetectParams,
     batched_nms,
+    decode_nanodet,
     decode_torchvision,
     decode_yolov5,
     decode_yolov8,
+    nanodet_centers,
     nms,
     to_original,
 )
@@ -62,6 +64,36 @@ def test_decode_yolov5_multiplies_objectness_into_class_scores() -> None:
     det = decode_yolov5(out, DetectParams(confidence=0.25))
     assert det.class_ids.tolist() == [0]
     np.testing.assert_allclose(det.scores, [0.45], rtol=1e-6)
+
+
+def test_nanodet_points_sit_mid_cell_per_stride_in_row_major_order() -> None:
+    centers = nanodet_centers(64, 32)
+    assert centers.shape == (8 * 4 + 4 * 2 + 2 * 1, 3)  # strides 8, 16, 32
+    assert centers[0].tolist() == [4, 4, 8]
+    assert centers[1].tolist() == [12, 4, 8]  # then along the row
+    assert centers[8].tolist() == [4, 12, 8]
+    assert centers[32].tolist() == [8, 8, 16]  # the first stride-16 point
+    assert centers[-1].tolist() == [48, 16, 32]
+
+
+def test_decode_nanodet_takes_the_expected_distance_of_each_side() -> None:
+    classes, bins = 3, 5
+    centers = nanodet_centers(64, 64)
+    out = np.zeros((len(centers), classes + 4 * bins), dtype=np.float32)
+    point = 64 + 4 + 1  # stride 16, row 1, column 1: centre (24, 24)
+    assert centers[point].tolist() == [24, 24, 16]
+    out[point, 2] = 0.9
+    sides = out[point, classes:].reshape(4, bins)
+    sides[:] = -50.0
+    sides[0, 1] = sides[1, 0] = sides[3, 4] = 50.0  # left 1, top 0, bottom 4 strides
+    sides[2, 2] = sides[2, 3] = 50.0  # right: half at 2, half at 3 → 2.5 strides
+    out[3, 1] = 0.2  # a point under the threshold
+    det = decode_nanodet(out, centers, classes, DetectParams(confidence=0.25))
+    assert det.class_ids.tolist() == [2]
+    np.testing.assert_allclose(det.scores, [0.9])
+    np.testing.assert_allclose(det.boxes, [[24 - 16, 24 - 0, 24 + 40, 24 + 64]], atol=1e-4)
+    with pytest.raises(ValueError, match="nanodet output"):
+        decode_nanodet(out[:-1], centers, classes, DetectParams())
 
 
 def test_decode_torchvision_filters_and_sorts() -> None:

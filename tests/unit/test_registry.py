@@ -52,6 +52,22 @@ def test_a_broken_config_fails_loudly_naming_the_model_and_field(tmp_path, edit,
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"labels": ["red", "green", "blue"]}, "labels: 3 labels leave 7 of the output's 10"),
+        ({"labels": []}, "labels: format nanodet needs one label per class"),
+    ],
+)
+def test_a_nanodet_config_must_fit_its_labels_and_input_size(tmp_path, edit, message) -> None:
+    folder = tmp_path / "det"
+    tiny_models.nanodet(folder)
+    config = {**yaml.safe_load((folder / "config.yaml").read_text()), **edit}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message):
+        ModelRegistry(Settings(model_repository=tmp_path)).load()
+
+
 def test_missing_model_file_and_non_strict_startup_serves_the_rest(tmp_path) -> None:
     repo = repo_with(tmp_path)
     tiny_models.classifier(tmp_path / "good")

@@ -25,12 +25,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     ORT_DISABLE_TELEMETRY=1
 WORKDIR /src
 COPY requirements/export.txt requirements/export.txt
-# DL3008: make is only the driver of the export commands; any Debian version of it works
+# DL3008: make drives the export commands, node + npm fetch and check the COCO detector
+# (mk/nanodet.mk); any Debian version of them works
 # hadolint ignore=DL3008
 RUN case "$MODELS_FROM" in \
       context) ;; \
       build) apt-get update \
-        && apt-get install -y --no-install-recommends make \
+        && apt-get install -y --no-install-recommends make nodejs npm \
         && rm -rf /var/lib/apt/lists/* \
         && pip install --no-deps -r requirements/export.txt ;; \
       *) echo "MODELS_FROM must be 'context' or 'build', not '$MODELS_FROM'" >&2; exit 1 ;; \

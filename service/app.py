@@ -16,15 +16,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import __version__
 from service.api import classify, demo, detect, embed, health, openai, repository, segment, v2
 from service.api import openapi as openapi_docs
 from service.api.deps import check_api_key
-from service.errors import INTERNAL_MESSAGE, ServiceError, service_body
+from service.errors import INTERNAL_MESSAGE, ClientDisconnectedError, ServiceError, service_body
 from service.inference import Inference
 from service.metrics import Metrics, MetricsMiddleware
-from service.middleware import BodyLimitMiddleware, RequestIdMiddleware, error_body, request_id_var
+from service.middleware import (
+    BodyLimitMiddleware,
+    ConnectionLimitMiddleware,
+    RequestIdMiddleware,
+    error_body,
+    request_id_var,
+)
 from service.runtime.registry import ModelRegistry
 from service.settings import Settings
 
@@ -56,6 +63,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.warning("request %s failed: %s", request_id_var.get(), exc.message)
         return _error(exc.status_code, exc.message, exc.error_type, exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # anywhere Starlette notices it (a body or form being read): nobody reads the answer;
+        # a 499 in the access log and metrics, no traceback
+        gone = ClientDisconnectedError("the client closed the connection")
+        return _error(gone.status_code, gone.message, gone.error_type)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -158,7 +172,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id", "x-request-timeout-ms"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.request_timeout_s,
+    )
+    app.add_middleware(ConnectionLimitMiddleware, max_connections=settings.max_connections)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -94,6 +94,13 @@ class ClientDisconnectedError(ServiceError):
     error_type = "client_closed_request"
 
 
+class RequestTimeoutError(ServiceError):
+    """The request itself (its body) did not arrive in time; the connection is closed."""
+
+    status_code = 408
+    error_type = "request_timeout"
+
+
 class DeadlineExceededError(ServiceError):
     status_code = 504
     error_type = "deadline_exceeded"

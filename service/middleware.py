@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -12,16 +13,58 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import INTERNAL_MESSAGE, PayloadTooLargeError, openai_body, service_body
+from service.errors import (
+    INTERNAL_MESSAGE,
+    ClientDisconnectedError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    openai_body,
+    service_body,
+)
 
 log = logging.getLogger("service")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 OPENAI_PATH = "/v1/embeddings"  # answers errors in OpenAI's shape (service.api.openai)
+# set in the scope by the server's protocol (service.server); absent under a test client
+FIRST_BYTE = "ortserve.first_byte"  # event-loop time of the request's first byte
+OPEN_CONNECTIONS = "ortserve.open_connections"  # open connections when its headers were complete
+# what a flood must never starve: the probes and the scrape
+UNLIMITED_PATHS = ("/health/", "/v2/health/", "/metrics")
+
+
+def first_byte_time(scope: Scope) -> float:
+    """When the request began, in event-loop time (now, when the server did not say)."""
+    started = scope.get(FIRST_BYTE)
+    return float(started) if started is not None else asyncio.get_running_loop().time()
 
 
 def error_body(message: str, error_type: str, request_id: str) -> bytes:
     return orjson.dumps(service_body(message, error_type, request_id))
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    message: str,
+    error_type: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error answered before the app runs, in the shape its route documents, closing the
+    connection (the body it did not read is not worth reading)."""
+    if scope["path"].startswith(OPENAI_PATH):
+        body = orjson.dumps(openai_body(status, message, error_type))
+    else:
+        body = error_body(message, error_type, request_id_var.get())
+    head: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestIdMiddleware:
@@ -77,11 +120,14 @@ class RequestIdMiddleware:
 
 class BodyLimitMiddleware:
     """413 for bodies over the limit: from Content-Length up front, or while streaming
-    (chunked uploads), without ever buffering more than the limit."""
+    (chunked uploads), without ever buffering more than the limit. 408 for a body still
+    arriving ``body_timeout_s`` after the request's first byte; 499 for a client that leaves
+    while sending it (Starlette would raise ``ClientDisconnect``, an unexpected error)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,11 +144,26 @@ class BodyLimitMiddleware:
                     await self._reject(scope, send)
                     return
         received = 0
+        deadline = first_byte_time(scope) + self.body_timeout_s
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body, receive() waits for the disconnect: no deadline
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.body_timeout_s:g} s of its "
+                    "first byte (ORTSERVE_REQUEST_TIMEOUT_S)",
+                    headers={"Connection": "close"},
+                ) from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError("the client closed the connection mid-body")
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     # a ServiceError: the app's handler turns it into the usual 413 body;
@@ -119,14 +180,30 @@ class BodyLimitMiddleware:
         )
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        if scope["path"].startswith(OPENAI_PATH):  # the error shape that route documents
-            body = orjson.dumps(openai_body(413, self._message(), "payload_too_large"))
-        else:
-            body = error_body(self._message(), "payload_too_large", request_id_var.get())
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(scope, send, 413, self._message(), "payload_too_large")
+
+
+class ConnectionLimitMiddleware:
+    """503 with ``Retry-After`` and ``Connection: close`` for requests that arrive while more
+    than ``max_connections`` connections are open (the server's protocol counts them), except
+    health, readiness and metrics, so that probes and scrapes keep answering under a flood."""
+
+    def __init__(self, app: ASGIApp, max_connections: int) -> None:
+        self.app = app
+        self.max_connections = max_connections
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get(OPEN_CONNECTIONS, 0) <= self.max_connections
+            or scope["path"].startswith(UNLIMITED_PATHS)
+        ):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"the server has more than {self.max_connections} open connections "
+            "(ORTSERVE_MAX_CONNECTIONS); retry shortly"
+        )
+        await send_error(
+            scope, send, 503, message, "too_many_connections", [(b"retry-after", b"1")]
+        )

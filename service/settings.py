@@ -79,7 +79,31 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(default=256, gt=0)
     max_text_chars: int = Field(default=100_000, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="width × height limit.")
-    request_timeout_s: float = Field(default=30.0, gt=0, description="Default deadline.")
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Default deadline, from the request's first byte: a body still arriving then is a "
+            "408, an answer not ready a 504."
+        ),
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's headers must be complete this long after its first byte (408).",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=3600, description="An idle kept-alive connection is closed after this."
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description=(
+            "Open connections past which requests get 503 with Retry-After (health, readiness "
+            "and metrics still answer)."
+        ),
+    )
 
     default_classify_model: str = "mobilenet_v2"
     default_detect_model: str = "nanodet-coco"

@@ -3,7 +3,6 @@ the timing headers. Everything past parsing happens in ``service.inference``."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import secrets
@@ -21,6 +20,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
 )
 from service.inference import Budget, Inference
+from service.middleware import first_byte_time
 from service.runtime.registry import ModelRegistry
 from service.schemas.common import ImagesRequest
 from service.settings import Settings
@@ -76,7 +76,7 @@ def budget_for(request: Request) -> Budget:
         request.state.model = model
 
     return Budget(
-        asyncio.get_running_loop().time() + timeout_s,
+        first_byte_time(request.scope) + timeout_s,  # the body's arrival counts too
         request.is_disconnected,
         on_model=label,
     )

@@ -1,0 +1,141 @@
+"""The HTTP server layer: uvicorn (httptools) with the connection guards it lacks.
+
+uvicorn bounds nothing before a request's headers are complete: a client that connects and then
+sends half a header line, or nothing, keeps its socket (and a file descriptor) forever, and the
+request deadline only starts once the app runs. ``GuardedProtocol`` adds, per connection:
+
+- a **header timeout** from the first byte (or from accept) to the end of the headers: past it
+  the client gets a bare ``408`` and the connection is closed;
+- the **first byte's time** in the scope (``FIRST_BYTE``), so that the body deadline
+  (``BodyLimitMiddleware``) and the inference deadline (``api.deps.budget_for``) count from it;
+- the **open connections** in the scope (``OPEN_CONNECTIONS``), so that ``ConnectionLimitMiddleware``
+  can answer 503 past ``ORTSERVE_MAX_CONNECTIONS`` while health, readiness and metrics still
+  answer;
+- a **refusal at accept** when the open connections approach the file-descriptor limit, so that
+  a flood can never make ``accept()`` fail with EMFILE for everyone.
+
+Idle keep-alive connections are closed by uvicorn's own ``timeout_keep_alive``. Why uvicorn and
+not hypercorn or granian: docs/architecture.md ("The HTTP server").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.middleware import FIRST_BYTE, OPEN_CONNECTIONS
+from service.settings import Settings
+
+log = logging.getLogger("service")
+# descriptors kept free of client connections: model files, logs, the pool, probes
+FD_RESERVE = 256
+_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 44\r\nconnection: close\r\n\r\nthe request headers did not arrive in time\r\n"
+)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header timeout, the first byte's time, and a cap on
+    open connections at accept (``make_protocol`` sets the class attributes)."""
+
+    header_timeout_s: float = 10.0
+    max_open: int = 1 << 20
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._bytes_seen = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_open:
+            log.warning(
+                "refused a connection: %d open (limit %d)", len(self.connections), self.max_open
+            )
+            transport.abort()
+            return
+        self._arm_header_timer()  # even before the first byte: a silent connection is cut too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_seen = True
+        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm_header_timer()  # the next request on a kept-alive connection begins
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[FIRST_BYTE] = self.loop.time()  # type: ignore[literal-required]
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        self.scope[OPEN_CONNECTIONS] = len(self.connections)  # type: ignore[literal-required]
+        super().on_headers_complete()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._bytes_seen:  # a client that said nothing is just dropped
+            self.transport.write(_TIMEOUT_408)
+        self.transport.close()
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft file-descriptor limit to the hard one; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file-descriptor limit from %d: %s", soft, exc)
+    return soft
+
+
+def make_protocol(settings: Settings, fd_limit: int) -> type[GuardedProtocol]:
+    return type(
+        "GuardedProtocol",
+        (GuardedProtocol,),
+        {"header_timeout_s": settings.header_timeout_s, "max_open": max(16, fd_limit - FD_RESERVE)},
+    )
+
+
+def run(app: Any, settings: Settings) -> None:
+    fd_limit = raise_fd_limit()
+    log.info(
+        "file descriptors: %d; connections: 503 past %d, refused at accept past %d",
+        fd_limit,
+        settings.max_connections,
+        max(16, fd_limit - FD_RESERVE),
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=make_protocol(settings, fd_limit),
+        log_level=settings.log_level,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        access_log=False,  # service.access logs each request with its id and model
+        log_config=None,  # keep the handler configured by the caller (JSON or text)
+    )

@@ -7,7 +7,10 @@ the server's memory growth.
 
 Traffic (weights in MIX): the vision endpoints with JSON and multipart images of random size and
 aspect, /embed and /v1/embeddings with random texts, v2 inference, listing and health calls, and
-a share of bad requests (corrupt images, decompression bombs, invalid JSON) that must be 4xx.
+a share of bad requests (corrupt images, decompression bombs, invalid JSON) that must be 4xx, and
+connection abuse over raw sockets: clients that vanish mid-header or mid-body, and slow bodies
+that complete in time (these must be answered 200). At the end the server's own 5xx count
+(/metrics) must not have grown: a vanished client is a 499 there, never a 500.
 Memory is the server's VmRSS (Linux /proc), sampled every second once a warm-up is over.
 
 Exit status 1 when a 5xx or a transport error occurred, or when RSS grew by more than
@@ -21,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import math
 import os
 import random
@@ -84,6 +88,7 @@ class Tally:
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     unexpected: list[str] = field(default_factory=list)
+    server_5xx: float = 0.0  # growth of the server's own 5xx count over the run
 
     @property
     def requests(self) -> int:
@@ -221,6 +226,48 @@ async def hostile(
     )
 
 
+async def abuse(
+    client: httpx.AsyncClient, rng: random.Random, models: Models
+) -> tuple[str, httpx.Response]:
+    """Connection-level abuse on a raw socket. The client never sees what the server made of a
+    vanished request; that is checked in /metrics at the end. The vanishing kinds report 499."""
+    kind = rng.choice(["vanish-headers", "vanish-body", "slow-body"])
+    body = json.dumps({"inputs": [text(rng)]}).encode()
+    reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
+    try:
+        if kind == "vanish-headers":
+            writer.write(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Le")
+            await writer.drain()
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+            return "abuse:vanish-headers", httpx.Response(499)
+        head = (
+            "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        writer.write(head + body[:4])
+        await writer.drain()
+        if kind == "vanish-body":
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+            return "abuse:vanish-body", httpx.Response(499)
+        for i in range(4, len(body), 8):  # the rest in pieces, 20 ms apart
+            await asyncio.sleep(0.02)
+            writer.write(body[i : i + 8])
+            await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 60)
+        return "abuse:slow-body", httpx.Response(int(status_line.split()[1]))
+    finally:
+        writer.close()
+
+
+def server_5xx(metrics: str) -> float:
+    """The server's own count of 5xx answers (ortserve_requests_total)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("ortserve_requests_total{") and 'status="5' in line
+    )
+
+
 MIX: list[tuple[Request, int]] = [
     (vision, 40),
     (render, 5),
@@ -228,6 +275,7 @@ MIX: list[tuple[Request, int]] = [
     (v2, 8),
     (listing, 7),
     (hostile, 10),
+    (abuse, 5),
 ]
 
 
@@ -261,6 +309,8 @@ async def discover(client: httpx.AsyncClient) -> Models:
 def expected(label: str, status: int) -> bool:
     if label.startswith("bad:"):
         return 400 <= status < 500
+    if label.startswith("abuse:vanish"):
+        return status == 499
     return status in (200, 429)  # 429: the queue was full, which a soak may well cause
 
 
@@ -273,6 +323,7 @@ async def soak(
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         models = await discover(client)
         print(f"models: {dict(models.by_task)}")
+        five_xx_before = server_5xx((await client.get("/metrics")).text)
         requests, weights = zip(*MIX, strict=True)
         started = time.monotonic()
         stop_at = started + warmup_s + duration_s
@@ -301,6 +352,8 @@ async def soak(
                 await asyncio.sleep(1.0)
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)), sampler())
+        await asyncio.sleep(1.0)  # the last vanished requests end on the server
+        tally.server_5xx = server_5xx((await client.get("/metrics")).text) - five_xx_before
         if pid:
             await asyncio.sleep(1.0)
             value = rss_mb(pid)
@@ -330,6 +383,7 @@ def report(tally: Tally, samples: list[tuple[float, float]], seconds: float) -> 
         )
     for line in tally.unexpected:
         print("unexpected:", line)
+    print(f"5xx counted by the server: {tally.server_5xx:.0f}")
     if len(samples) < 2:
         print("memory: not measured (give --pid, or run the server on this machine)")
         return None
@@ -399,6 +453,7 @@ def main() -> None:
     server_errors = sum(n for (_, s), n in tally.by_status.items() if s >= 500)
     failed = (
         server_errors > 0
+        or tally.server_5xx > 0
         or bool(tally.errors)
         or (growth is not None and growth > args.max_rss_growth_mb)
     )

@@ -31,8 +31,10 @@ serve: install $(QUICK_MODELS)
 	ORTSERVE_MODEL_REPOSITORY=$(MODELS) ORTSERVE_HOST=$(HOST) ORTSERVE_PORT=$(PORT) \
 		ORTSERVE_MODEL_CONTROL=poll $(PY) -m service
 
+# -rs: every skip's reason in the summary (.ci/run also fails on any not in tests/conftest.py's
+# ALLOWED_SKIPS); the model-dependent tests read the repository from ORTSERVE_TEST_MODELS
 test: models
-	$(PY) -m pytest -q
+	ORTSERVE_TEST_MODELS=$(MODELS) $(PY) -m pytest -q -rs
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit tests/api

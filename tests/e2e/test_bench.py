@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODELS = REPO_ROOT / "models"
+from tests.support.server import MODELS, REPO_ROOT
+
 NEEDED = ("mobilenet_v2", "all-MiniLM-L6-v2")
 
 pytestmark = pytest.mark.skipif(

@@ -5,7 +5,6 @@ The tiny models always run; the default models run when ``make models`` has buil
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.server import REPO_ROOT, Server, running_server
+from tests.support.server import MODELS, Server, running_server
 from tests.support.tiny_models import TINY_DEFAULTS, embedding_table
 
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (dev extra)")
@@ -22,7 +21,7 @@ openai = pytest.importorskip("openai", reason="needs openai (dev extra)")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 # the repository `make models` builds; ORTSERVE_TEST_MODELS points at another one
-DEFAULT_MODELS = Path(os.environ.get("ORTSERVE_TEST_MODELS") or REPO_ROOT / "models")
+DEFAULT_MODELS = MODELS
 needs_default_models = pytest.mark.skipif(
     not (DEFAULT_MODELS / "mobilenet_v2" / "model.onnx").is_file(),
     reason="default models not built (make models)",

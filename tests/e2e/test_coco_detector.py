@@ -14,9 +14,8 @@ import matplotlib
 import pytest
 import skimage.data
 
-from tests.support.server import REPO_ROOT, Server, running_server
+from tests.support.server import MODELS, REPO_ROOT, Server, running_server
 
-MODELS = REPO_ROOT / "models"
 DETECTOR = MODELS / "nanodet-coco"
 NODE_MODULES = REPO_ROOT / "build" / "coco" / "node" / "node_modules"
 TFJS_MODEL = REPO_ROOT / "build" / "coco" / "human-models" / "models" / "nanodet.json"

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.server import REPO_ROOT, Server, assert_close, running_server
+from tests.support.server import MODELS, Server, assert_close, running_server
 
-MODELS = REPO_ROOT / "models"
 MINILM = "all-MiniLM-L6-v2"
 pytestmark = pytest.mark.skipif(
     not (MODELS / "mobilenet_v2" / "model.onnx").is_file()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,7 +95,16 @@ def test_render_format_is_validated(client: TestClient) -> None:
 def test_class_colours_are_distinct_and_stable() -> None:
     colours = [render.colour(k) for k in range(64)]
     assert len(set(colours)) == 64
-    assert render.colour(40) == render.colour(40)
+    # a pure function of the class id: not of call order, nor of the process (hash seeds)
+    assert [render.colour(k) for k in reversed(range(64))][::-1] == colours
+    other = subprocess.run(
+        [sys.executable, "-c", "from service.tasks import render; print(list(render.colour(40)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
+    assert json.loads(other.stdout) == list(colours[40])
     assert all(0 <= c <= 255 for rgb in colours for c in rgb)
 
 

@@ -19,7 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image, ImageOps
+from pydantic import BaseModel
 
+from service.schemas.embed import EmbedResponse
+from service.schemas.openai import EmbeddingsResponse
+from service.schemas.v2 import InferResponse
+from service.schemas.vision import ClassifyResponse, DetectResponse, SegmentResponse
 from tests.hostile.corpus import BOMBS, IMAGES, VISION, Case, b64, request_cases
 from tests.support.server import Server, running_server
 from tests.support.tiny_models import TINY_DEFAULTS
@@ -78,11 +83,27 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
+# what a 200 from each endpoint must be: its documented response schema, with a result
+SUCCESS: dict[str, tuple[type[BaseModel], str]] = {
+    "/classify": (ClassifyResponse, "results"),
+    "/detect": (DetectResponse, "results"),
+    "/segment": (SegmentResponse, "results"),
+    "/embed": (EmbedResponse, "embeddings"),
+    "/v1/embeddings": (EmbeddingsResponse, "data"),
+}
+
+
 def check(response: httpx.Response, status: int, error_type: str | None, path: str) -> None:
-    """The status, and for errors the documented JSON body with the request's id."""
+    """The status; for a JSON 200 the endpoint's response schema with at least one result; for
+    errors the documented JSON body with the request's id."""
     assert response.status_code == status, f"{response.status_code}: {response.text[:300]}"
     assert response.elapsed.total_seconds() < SLOW_S
     if status < 400:
+        if response.headers.get("content-type", "").startswith("application/json"):
+            schema, results = SUCCESS.get(path, (InferResponse, "outputs"))
+            if path in SUCCESS or path.endswith("/infer"):
+                body = schema.model_validate(response.json())
+                assert getattr(body, results), f"{path}: a 200 with no {results}"
         return
     body = response.json()
     request_id = response.headers["x-request-id"]

@@ -83,13 +83,24 @@ async def test_batcher_fails_every_future_when_the_run_raises_and_keeps_serving(
 
 
 async def test_batcher_fails_the_batch_when_outputs_do_not_match_inputs_one_to_one() -> None:
-    batcher = make(lambda items: [1])
+    seen: list[list[int]] = []
+
+    def first_output_only(items: list[int]) -> list[int]:  # loses outputs past the first
+        seen.append(list(items))
+        return [2 * i for i in items][:1]
+
+    batcher = make(first_output_only, max_delay_ms=50)
+    items = [1, 2, 3]
     results = await asyncio.gather(
-        *(batcher.submit(i, deadline()) for i in range(3)), return_exceptions=True
+        *(batcher.submit(i, deadline()) for i in items), return_exceptions=True
     )
-    assert any(isinstance(r, InferenceFailedError) for r in results)
-    for result in results:
-        assert isinstance(result, InferenceFailedError) or result.batch_size == 1
+    assert seen[0] == items  # one batch of three, whose run came back short
+    for item, result in zip(items, results, strict=True):
+        # never another item's output: a failure, or this item's own value from a smaller run
+        assert isinstance(result, InferenceFailedError) or (
+            result.value == 2 * item and result.batch_size < len(items)
+        )
+    assert batcher.stats.failed_batches >= 1
     await batcher.stop()
 
 

@@ -1,4 +1,4 @@
-"""DESIGN.md rule 2: layers stay apart, and serving never imports torch."""
+"""docs/architecture.md: the layers import only downward, and serving never imports torch."""
 
 from __future__ import annotations
 

@@ -63,14 +63,14 @@ def wait_closed(socks: list[socket.socket], limit_s: float) -> tuple[int, float]
     started, closed, last = time.monotonic(), 0, 0.0
     while closed < len(socks) and time.monotonic() - started < limit_s:
         for key, _ in selector.select(timeout=0.5):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
             try:
-                data = sock.recv(65536)
+                data = conn.recv(65536)
             except OSError:
                 data = b""
             if not data:
-                selector.unregister(sock)
+                selector.unregister(conn)
                 closed += 1
                 last = time.monotonic() - started
     selector.close()

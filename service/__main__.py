@@ -7,11 +7,15 @@ One worker per process: every worker would load every model again, so scale out 
 from __future__ import annotations
 
 import logging
+import sys
 
 from service import server
 from service.app import create_app
 from service.logs import JsonFormatter
+from service.runtime.session import SessionError, resolve_providers
 from service.settings import Settings
+
+log = logging.getLogger("service")
 
 
 def serve(settings: Settings) -> None:
@@ -22,6 +26,11 @@ def serve(settings: Settings) -> None:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    try:  # ORTSERVE_REQUIRE_CUDA on a build without CUDA: one clear line, not a traceback
+        resolve_providers(settings.providers, settings.require_cuda)
+    except SessionError as exc:
+        log.error("not starting: %s", exc)
+        sys.exit(2)
     server.run(create_app(settings), settings)
 
 

@@ -73,6 +73,56 @@ PROTECTED = [
     ),
 ]
 OPEN = ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"]
+# every route outside this list needs the key (README, "API keys"): probes, the scrape, the
+# API's own description and the demo page's static files (its calls send the key it is given)
+OPEN_ROUTES = {
+    "/health/live",
+    "/health/ready",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/openapi.json",
+    "/",  # a redirect to /demo
+    "/demo",
+    "/demo/static/{name}",
+}
+
+
+def test_every_route_of_the_app_needs_the_key_unless_it_is_listed_open(tiny_repo: Path) -> None:
+    from starlette.routing import Mount, Route
+
+    settings = Settings(model_repository=tiny_repo, api_keys=",".join(KEYS), **TINY_DEFAULTS)
+    app = create_app(settings)
+    routes: list[tuple[str, str]] = []
+
+    def walk(children: list[object], prefix: str) -> None:
+        for route in children:
+            included = getattr(route, "original_router", None)  # FastAPI's included routers
+            if included is not None:
+                context = getattr(route, "include_context", None)
+                walk(included.routes, prefix + getattr(context, "prefix", ""))
+            elif isinstance(route, Mount):
+                routes.append(("GET", prefix + route.path + "/{path}"))
+            elif isinstance(route, Route):
+                methods = route.methods or {"GET"}
+                routes.extend((m, prefix + route.path) for m in sorted(methods) if m != "HEAD")
+
+    walk(list(app.routes), "")
+    assert len(routes) > 20  # the walk saw the app, not an empty router
+    with TestClient(app) as client:
+        for method, path in routes:
+            name = "demo.js" if path.startswith("/demo/") else "tiny-embedder"
+            url = path.replace("{name}", name).replace("{version}", "1")
+            response = client.request(method, url)
+            if path in OPEN_ROUTES:
+                assert response.status_code != 401, f"{method} {path} is documented as open"
+            else:
+                assert response.status_code == 401, f"{method} {path}: {response.status_code}"
+
+
 BAD_CREDENTIALS = {
     "none": {},
     "empty bearer": {"Authorization": "Bearer"},

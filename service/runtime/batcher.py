@@ -146,10 +146,12 @@ class DynamicBatcher(Generic[In, Out]):
         """Stop accepting; finish queued and in-flight work within the timeout; fail the rest."""
         self._accepting = False
         if self._queue is not None and self._collector is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout=drain_timeout_s)
+            if not self._collector.done():  # a dead collector drains nothing: do not wait for it
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._queue.join(), timeout=drain_timeout_s)
             self._collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # its death was logged when it happened (_on_collector_done); shutdown goes on
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._collector
         self._fail_queued(NotReadyError(f"model {self.name!r} is shutting down"))
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,92 @@
+"""/health/ready is 503 while models load and warm up, once a model's batcher has died, and
+during shutdown; /v1/models says which model and why."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.reliability.models import slow_classifier
+from tests.support.server import running_server
+from tests.support.tiny_models import TINY_DEFAULTS, classifier
+
+
+def test_ready_is_503_naming_the_loading_model_until_its_warm_up_is_done(tmp_path: Path) -> None:
+    # the start-up load happens before uvicorn listens; a load at runtime (explicit mode) is
+    # where a client can see a model warming up
+    classifier(tmp_path / "tiny-classifier")
+    with running_server(
+        tmp_path,
+        model_control="explicit",
+        intra_op_threads="1",
+        default_classify_model="tiny-classifier",
+    ) as srv:
+        slow_classifier(tmp_path / "slow", work=400, max_batch_size=8)
+        loader = threading.Thread(
+            target=lambda: httpx.post(srv.url + "/v2/repository/models/slow/load", timeout=120)
+        )
+        loader.start()
+        seen: list[tuple[int, dict[str, str]]] = []
+        listed: list[str] = []
+        while loader.is_alive():
+            r = httpx.get(srv.url + "/health/ready", timeout=5)
+            seen.append((r.status_code, r.json()["models"]))
+            models = httpx.get(srv.url + "/v1/models", timeout=5).json()["models"]
+            listed += [m["status"] for m in models if m["name"] == "slow"]
+            time.sleep(0.05)
+        loader.join()
+        done = httpx.get(srv.url + "/health/ready", timeout=5)
+    assert (done.status_code, done.json()["models"]) == (
+        200,
+        {"slow": "ready", "tiny-classifier": "ready"},
+    )
+    loading = [models for status, models in seen if status == 503]
+    assert loading, "never saw the server unready while the model warmed up"
+    assert all(models.get("slow") == "loading" for models in loading), loading
+    assert "loading" in listed
+
+
+def test_ready_is_503_and_the_model_unhealthy_once_its_batcher_has_died(tiny_repo: Path) -> None:
+    app = create_app(Settings(model_repository=tiny_repo, **TINY_DEFAULTS))
+    with TestClient(app) as client:
+        assert client.get("/health/ready").status_code == 200
+        batcher = app.state.registry.models["tiny-classifier"].latest.batcher
+        # not an item: the collector fails on it as it would on any bug, and dies
+        client.portal.call(batcher._queue.put_nowait, None)
+        for _ in range(100):
+            if not batcher.healthy:
+                break
+            time.sleep(0.01)
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["models"]["tiny-classifier"] == "unhealthy"
+        assert ready.json()["models"]["tiny-yolo"] == "ready"
+        listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert listed["tiny-classifier"]["status"] == "unhealthy"
+        assert listed["tiny-classifier"]["versions"][0]["status"] == "unhealthy"
+        # the others keep serving
+        assert client.post("/embed", json={"inputs": "cat dog"}).status_code == 200
+
+
+def test_ready_is_503_once_shutdown_has_begun(tiny_repo: Path) -> None:
+    app = create_app(Settings(model_repository=tiny_repo, **TINY_DEFAULTS))
+    with TestClient(app) as client:
+        assert client.get("/health/ready").status_code == 200
+    # the lifespan has shut down (as on SIGTERM); a request still reaching the app hears 503
+
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
+            return await c.get("/health/ready")
+
+    response = asyncio.run(ask())
+    assert response.status_code == 503
+    assert response.json()["status"] == "not_ready"
+    assert app.state.ready is False

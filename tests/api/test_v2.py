@@ -31,14 +31,23 @@ def binary_body(inputs: list[tuple[str, np.ndarray, str]], **extra: object) -> t
         **extra,
     }
     head = orjson.dumps(header)
-    return head + b"".join(arr.tobytes() for _, arr, _ in inputs), len(head)
+    little = [np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")) for _, arr, _ in inputs]
+    return head + b"".join(arr.tobytes() for arr in little), len(head)
 
 
 def read_binary(content: bytes, header_length: int) -> dict[str, np.ndarray]:
     """Decode a binary v2 response the way tritonclient does."""
     header = orjson.loads(content[:header_length])
     out, offset = {}, header_length
-    dtypes = {"FP32": np.float32, "INT64": np.int64}
+    # the wire is little-endian whatever this machine is
+    dtypes = {
+        "FP32": "<f4",
+        "FP16": "<f2",
+        "INT64": "<i8",
+        "INT32": "<i4",
+        "UINT8": "u1",
+        "BOOL": "?",
+    }
     for tensor in header["outputs"]:
         size = tensor["parameters"]["binary_data_size"]
         raw = content[offset : offset + size]

@@ -251,6 +251,33 @@ def test_a_single_container_answers_every_endpoint(stack: Stack) -> None:
     assert all(entry["request_id"] for entry in access), access
 
 
+def test_the_container_labels_real_photos_right(stack: Stack) -> None:
+    """Not just 200s: the image's models give the right answers (the default repository)."""
+    import matplotlib
+    from skimage import data
+
+    if (stack.models.get("classify"), stack.models.get("detect")) != (
+        "mobilenet_v2",
+        "nanodet-coco",
+    ):
+        pytest.skip(f"not the default repository: {stack.models}")
+    buf = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buf, format="JPEG", quality=92)
+    hopper = (Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").read_bytes()
+    with httpx.Client(base_url=stack.urls["api"], timeout=60) as client:
+        classified = client.post("/classify", files=[("file", ("c.jpg", buf.getvalue()))])
+        top5 = {p["label"] for p in classified.json()["results"][0]["predictions"]}
+        assert top5 & {"tabby", "tiger cat", "Egyptian cat"}, top5
+        detected = client.post(
+            "/detect", files=[("file", ("h.jpg", hopper))], data={"confidence": "0.4"}
+        )
+        found = detected.json()["results"][0]["detections"]
+        assert [d["label"] for d in found] == ["person", "tie"], found
+        tie = found[1]["box"]  # where the tie is in that photo, ± 20 px
+        for key, want in (("x1", 228), ("y1", 433), ("x2", 288), ("y2", 535)):
+            assert abs(tie[key] - want) <= 20, tie
+
+
 def test_the_load_balancer_spreads_every_endpoint_over_the_replicas(stack: Stack) -> None:
     upstreams: dict[str, set[str]] = {}
     with httpx.Client(base_url=stack.urls["lb"], timeout=60) as client:

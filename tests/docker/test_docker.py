@@ -37,8 +37,9 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("classify", "detect", "segment", "embed")
 REPLICAS = 2
-# The official python:3.11-slim is about 130 MB: 570 MB above it keeps the image within 700 MB.
-MAX_MB_ABOVE_BASE = 570
+# The README's figure: 502 MB above python:3.11-slim with the default models; 5 % over it fails.
+README_MB_ABOVE_BASE = 502
+MAX_MB_ABOVE_BASE = README_MB_ABOVE_BASE * 1.05
 
 pytestmark = pytest.mark.docker
 

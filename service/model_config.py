@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.runtime_config import RuntimeConfig
+
 Task = Literal["classify", "detect", "segment", "embed"]
 OutputFormat = Literal[
     "classification-logits",  # [B, C] raw scores: the service applies softmax
@@ -131,6 +133,10 @@ class ModelConfig(_Strict):
         default=None, description="A list, or a file name in the model folder (one per line)."
     )
     batching: Batching = Batching()
+    runtime: RuntimeConfig | None = Field(
+        default=None,
+        description="Execution providers in priority order with their options (else the globals).",
+    )
     version_policy: VersionPolicy = Field(
         default=LatestVersions(),
         description=(

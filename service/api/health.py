@@ -101,6 +101,7 @@ def model_info(entry: ModelEntry, defaults: list[str]) -> ModelInfo:
         )
     if latest is not None and info.batching is not None:
         info.providers = latest.session.providers
+        info.provider_options = latest.session.provider_options
         stats = latest.batcher.stats
         info.batching.queue_depth = latest.batcher.queue_depth
         info.batching.mean_batch_size = round(stats.mean_batch_size, 3)

@@ -17,7 +17,7 @@ from typing import TypeVar
 from service.errors import BadRequestError
 from service.model_config import ConfigError, ModelConfig
 from service.runtime.batcher import BatchObserver, BatchRunner, DynamicBatcher
-from service.runtime.session import OrtSession, SessionError
+from service.runtime.session import OrtSession, Provider, SessionError, runtime_providers
 from service.runtime.validate import validate_against_graph, warmup_feeds
 from service.settings import Settings
 from service.tasks.base import Feeds, Outputs
@@ -77,19 +77,38 @@ class LoadedModel:
         return self.processor
 
 
-def open_session(path: Path, name: str, settings: Settings, providers: list[str]) -> OrtSession:
+def open_session(
+    path: Path, config: ModelConfig, settings: Settings, providers: list[str]
+) -> OrtSession:
+    """The model's session: its ``runtime:`` block where it has one, else the global settings
+    (``providers`` resolved from ORTSERVE_PROVIDERS)."""
+    runtime = config.runtime
+    chosen: list[Provider] = list(providers)
+    threads, spinning = settings.intra_op_threads, settings.ort_allow_spinning
+    if runtime is not None:
+        cpu = runtime.cpu()
+        threads = (
+            settings.intra_op_threads if cpu.intra_op_threads is None else cpu.intra_op_threads
+        )
+        spinning = settings.ort_allow_spinning if cpu.allow_spinning is None else cpu.allow_spinning
+        chosen = runtime_providers(
+            runtime,
+            path,
+            inputs=[(t.name, t.dims) for t in config.inputs],
+            max_batch_size=config.batching.max_batch_size,
+        )
     try:
         return OrtSession(
             path,
-            providers=providers,
+            providers=chosen,
             require_cuda=settings.require_cuda,
-            intra_op_threads=settings.intra_op_threads,
-            allow_spinning=settings.ort_allow_spinning,
+            intra_op_threads=threads,
+            allow_spinning=spinning,
             spin_between_runs=settings.ort_spin_between_runs,
             cpu_arena=settings.ort_cpu_arena,
         )
     except SessionError as exc:
-        raise SessionError(f"model {name!r}: {exc}") from exc
+        raise SessionError(f"model {config.name!r}: {exc}") from exc
 
 
 def build_model(
@@ -111,7 +130,7 @@ def build_model(
     model_path = folder / config.model_file
     if not model_path.is_file():
         raise ConfigError(f"model {name!r}: model_file {config.model_file!r} not found")
-    session = open_session(model_path, name, settings, providers)
+    session = open_session(model_path, config, settings, providers)
     validate_against_graph(config, list(labels), session)
     processor = processor_for(folder, config, labels, max_image_pixels=settings.max_image_pixels)
     runner = BatchRunner(

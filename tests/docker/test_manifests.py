@@ -124,6 +124,15 @@ def project() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]  # type: ignore[no-any-return]
 
 
+def test_the_cpu_gpu_and_export_images_pin_one_onnxruntime_version() -> None:
+    versions = {
+        "cpu": pins("cpu.txt")["onnxruntime"],
+        "export": pins("export.txt")["onnxruntime"],
+        "gpu": pins("gpu.txt")["onnxruntime-gpu"],
+    }
+    assert len(set(versions.values())) == 1, versions
+
+
 @pytest.mark.parametrize(
     ("files", "requirements"),
     [

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torchvision
 from PIL import Image
@@ -32,7 +33,7 @@ from export.common import (
     set_metadata,
     write_model_folder,
 )
-from export.verify import check_parity
+from export.verify import check_parity, to_fp16
 
 log = logging.getLogger("export")
 
@@ -191,8 +192,10 @@ def export_classifier(
     rtol: float = 1e-3,
     opset: int = DEFAULT_OPSET,
     simplify: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Export, check parity on real photos (batch 1 and 3) and write the model folder.
+    ``precision="fp16"`` then converts it (IO stays float32) and checks it against fp32.
 
     Returns the parity report; raises ``ParityError`` (no folder written) or ``ExportError``.
     """
@@ -242,6 +245,10 @@ def export_classifier(
         parity = check_parity(
             lambda input: model(input), path, samples, atol=atol, rtol=rtol, name=arch
         )
+        if precision == "fp16":
+            half = Path(tmp) / "model-fp16.onnx"
+            parity["fp16"] = to_fp16(path, half, samples, name=arch)
+            onnx_model = onnx.load(str(half))
     classes = onnx_model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if labels is None:
         imagenet = imagenet_labels(arch)
@@ -262,12 +269,13 @@ def export_classifier(
             "std": list(std),
             "source": {"architecture": arch, "weights": source},
             "opset": opset,
+            "precision": precision,
         },
     )
     config = {
         "task": "classify",
         "format": "classification-logits",
-        "description": f"torchvision {arch} ({source})",
+        "description": f"torchvision {arch} ({source})" + (", fp16" if precision == "fp16" else ""),
         "inputs": [{"name": "input", "dtype": "float32", "dims": [3, crop, crop]}],
         "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels)]}],
         "image": image,
@@ -320,6 +328,12 @@ def add_parser(subparsers: Any) -> None:
         help="parity tolerance on logits: |Δ| ≤ atol + 1e-3·max|logit| (default 1e-3)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
+    )
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/resnet50")
     p.set_defaults(run=_run)
 
@@ -344,4 +358,5 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         opset=args.opset,
         simplify=args.simplify,
         atol=args.atol,
+        precision=args.precision,
     )

@@ -175,3 +175,42 @@ def compare_latency_ms(
             session.run(None, feeds)
             bucket.append(time.perf_counter() - started)
     return [float(np.median(bucket) * 1000.0) for bucket in times]
+
+
+def to_fp16(
+    fp32_path: Path,
+    fp16_path: Path,
+    samples: Sequence[dict[str, np.ndarray]],
+    *,
+    name: str,
+    rel_tol: float = 2e-2,
+    min_cosine: float = 0.999,
+) -> dict[str, Any]:
+    """Write ``fp32_path`` converted to float16 (weights and compute; inputs and outputs stay
+    float32 for clients) to ``fp16_path``, and check it against the fp32 graph on ``samples``:
+    every output within ``rel_tol``·max|fp32| and each row's cosine ≥ ``min_cosine``. ONNX
+    Runtime runs fp16 on CPU too (slowly), so the check runs anywhere. Raises ParityError."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save(converted, str(fp16_path))
+    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    fp16 = ort.InferenceSession(str(fp16_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in fp32.get_outputs()]
+    worst_rel, worst_cos = 0.0, 1.0
+    for sample in samples:
+        for out, ref, got in zip(
+            names, fp32.run(names, sample), fp16.run(names, sample), strict=True
+        ):
+            ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+            rel = float(np.abs(ref - got).max(initial=0.0) / max(float(np.abs(ref).max()), 1e-12))
+            cos = float(cosine(ref, got).min()) if ref.size else 1.0
+            worst_rel, worst_cos = max(worst_rel, rel), min(worst_cos, cos)
+            if rel > rel_tol or cos < min_cosine:
+                raise ParityError(
+                    f"{name}: fp16 output {out} differs from fp32 by {rel:.2e} of its range "
+                    f"(tolerance {rel_tol}), cosine {cos:.5f} (at least {min_cosine})"
+                )
+    log.info("fp16: within %.1e of the fp32 range, cosine ≥ %.5f", worst_rel, worst_cos)
+    return {"max_rel_diff": worst_rel, "min_cosine": worst_cos, "rel_tol": rel_tol}

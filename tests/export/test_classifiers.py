@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -164,3 +165,33 @@ def test_the_offline_mobilenet_v2_weights_are_found() -> None:
     path = offline_mobilenet_v2_weights()
     assert path.name == "mobilenet_v2-b0353104.pth"
     assert path.is_file()
+
+
+def test_fp16_export_halves_the_weights_keeps_float32_io_and_agrees_with_fp32(
+    tmp_path: Path,
+) -> None:
+    weights = offline_mobilenet_v2_weights()
+    fp32_out, fp16_out = tmp_path / "mnv2", tmp_path / "mnv2-fp16"
+    export_classifier("mobilenet_v2", fp32_out, checkpoint=weights)
+    report = export_classifier("mobilenet_v2", fp16_out, checkpoint=weights, precision="fp16")
+    assert report["fp16"]["min_cosine"] >= 0.999
+    assert json.loads((fp16_out / "parity.json").read_text())["fp16"] == report["fp16"]
+    model = onnx.load(str(fp16_out / "model.onnx"))
+    kinds = {init.data_type for init in model.graph.initializer if len(init.dims) > 1}
+    assert kinds == {onnx.TensorProto.FLOAT16}  # every weight tensor is half precision
+    assert (fp16_out / "model.onnx").stat().st_size < 0.6 * (fp32_out / "model.onnx").stat().st_size
+    assert read_metadata(model)["precision"] == "fp16"
+    config, _ = load_model_config(fp16_out)
+    assert config.inputs[0].dtype == "float32" and "fp16" in config.description
+    # what a client sees: the same top-1 on real photos
+    from export.classifiers import sample_images
+    from service.tasks.imaging import ImageProcessor
+
+    processor = ImageProcessor(config.image, "input", max_pixels=10**8)  # type: ignore[arg-type]
+    batch = np.stack([processor.preprocess(j)[0]["input"] for j in sample_images()])
+    runs = [
+        ort.InferenceSession(str(f / "model.onnx")).run(None, {"input": batch})[0]
+        for f in (fp32_out, fp16_out)
+    ]
+    assert runs[1].dtype == np.float32
+    assert (runs[0].argmax(1) == runs[1].argmax(1)).all()

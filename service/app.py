@@ -19,7 +19,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service import __version__
-from service.api import classify, demo, detect, embed, health, openai, repository, segment, v2
+from service.api import (
+    classify,
+    demo,
+    detect,
+    embed,
+    health,
+    openai,
+    pipelines,
+    repository,
+    segment,
+    v2,
+)
 from service.api import openapi as openapi_docs
 from service.api.deps import check_api_key
 from service.errors import INTERNAL_MESSAGE, ClientDisconnectedError, ServiceError, service_body
@@ -155,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     _install_error_handlers(app)
     protected = [Depends(check_api_key)]
-    for module in (classify, detect, segment, embed):
+    for module in (classify, detect, segment, embed, pipelines):
         app.include_router(module.router, dependencies=protected)
     app.include_router(health.models_router, dependencies=protected)
     app.include_router(health.router)

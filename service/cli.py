@@ -26,7 +26,12 @@ from pydantic import ValidationError
 from service import __version__
 from service.model_config import ConfigError, ModelConfig, load_model_config
 from service.runtime.model import describe_failure
-from service.runtime.registry import ModelRegistry, model_versions, repository_folders
+from service.runtime.registry import (
+    ModelRegistry,
+    is_pipeline,
+    model_versions,
+    repository_folders,
+)
 from service.runtime.session import SessionError
 from service.settings import Settings
 
@@ -151,6 +156,17 @@ def _row(name: str, config: ModelConfig | None) -> ModelRow:
     return row
 
 
+def _pipeline_row(folder: Path, registry: ModelRegistry) -> ModelRow:
+    """A pipeline: its config, and that the models it names are in the repository with the
+    right tasks (it has no graph of its own to validate)."""
+    try:
+        config = registry.check_pipeline(folder.name, folder)
+    except ConfigError as exc:
+        return ModelRow(folder.name, task="pipeline", status="failed", error=str(exc))
+    models = " → ".join(getattr(step, "model", step.step) for step in config.steps)
+    return ModelRow(folder.name, task="pipeline", inputs=models, status="ok")
+
+
 def _check_config(folder: Path) -> ModelRow:
     """Config and files only (every version folder): no ONNX Runtime."""
     row = ModelRow(folder.name)
@@ -240,6 +256,8 @@ def models(repository: Path | None, validate: bool, providers: str, as_json: boo
         raise click.ClickException(f"model repository {str(root)!r} is not a directory")
     folders = list(repository_folders(root).values())
     rows: list[ModelRow] = []
+    pipelines = [folder for folder in folders if is_pipeline(folder)]
+    folders = [folder for folder in folders if folder not in pipelines]
     if validate:
         registry = ModelRegistry(settings)
         try:
@@ -258,6 +276,8 @@ def models(repository: Path | None, validate: bool, providers: str, as_json: boo
             rows = [_validate(folder, registry) for folder in folders]
     else:
         rows = [_check_config(folder) for folder in folders]
+    checker = ModelRegistry(settings)  # reads folders only: no model is loaded
+    rows += [_pipeline_row(folder, checker) for folder in pipelines]
     failed = [r for r in rows if r.status == "failed"]
     if as_json:
         click.echo(json.dumps({"repository": str(root), "models": [asdict(r) for r in rows]}))

@@ -1,17 +1,25 @@
 """Inference: raw inputs through a LoadedModel — prepare, batch, run, finish — within a deadline.
 
-Routes (and pipelines of models) call this; it knows nothing of HTTP. For each input:
+Routes call this; it knows nothing of HTTP. For each input:
 ``processor.prepare`` in the worker pool (or on the loop when it is cheap) → the model's
 ``DynamicBatcher`` → ``processor.finish`` in the pool (or on the loop when it is cheap). A lone
 input that finds its model idle runs all three as one job on the model thread
 (``DynamicBatcher.run_alone``): one thread hop instead of three, and the batch would have held
 it alone anyway.
+
+``pipeline`` runs a detect → crop → classify pipeline (``service.tasks.pipeline``): each stage is
+``run`` on that stage's model, through its own batcher, so the crops of concurrent requests share
+the classifier's batches. One deadline covers the whole request and is checked before each stage;
+a stage's failure fails the request with the stage named.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -19,13 +27,36 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.errors import PayloadTooLargeError, ValidationFailedError
+from service.errors import (
+    DeadlineExceededError,
+    InferenceFailedError,
+    PayloadTooLargeError,
+    ServiceError,
+    ValidationFailedError,
+)
 from service.runtime.batcher import BatchResult, DisconnectCheck
 from service.runtime.model import LoadedModel
 from service.runtime.registry import ModelRegistry
 from service.settings import Settings
 from service.tasks.base import Feeds, Outputs, TaskProcessor
+from service.tasks.classification import Classification, ClassifyParams, ClassifyProcessor
+from service.tasks.detection import DetectProcessor, ImageDetections
 from service.tasks.embedding import EmbedParams, EmbedProcessor, TextMeta
+from service.tasks.imaging import DecodedImage
+from service.tasks.pipeline import (
+    Crop,
+    CropInput,
+    PipelineImage,
+    PipelineOptions,
+    Seen,
+    WholeImage,
+    assemble,
+    plan_crops,
+)
+
+log = logging.getLogger(__name__)
+# which stage of a pipeline failed, for clients that branch on it (the message names it too)
+STAGE_HEADER = "x-pipeline-stage"
 
 T = TypeVar("T")
 MetaT = TypeVar("MetaT")
@@ -50,6 +81,29 @@ class Budget:
         self.queue_ms = max(self.queue_ms, result.queue_ms)
         self.inference_ms = max(self.inference_ms, result.inference_ms)
         self.batch_sizes.append(result.batch_size)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One pipeline stage of one request: its model (None for crop), wall time, and the
+    slowest queue wait, batch run and largest batch of its items."""
+
+    stage: str
+    model: str | None
+    version: int | None
+    ms: float
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    batch_size: int = 0  # 0: no model run (crop, or no crops to classify)
+    items: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    name: str
+    images: list[PipelineImage]  # in input order
+    pictures: list[DecodedImage]  # each image as decoded (full resolution), for rendering
+    stages: list[StageRun]
 
 
 @dataclass(frozen=True)
@@ -189,6 +243,129 @@ class Inference:
         tokens = sum(meta.tokens for _, meta in encoded)
         return Embedded(model.name, model.version, vectors, tokens)
 
+    async def pipeline(
+        self, name: str, raws: Sequence[bytes], options: PipelineOptions, budget: Budget
+    ) -> PipelineRun:
+        """Images through the pipeline ``name``: detect on each, crop each detection kept, the
+        per-crop model on each crop (skipped when there are none). Its models are leased for the
+        whole request, so a reload meanwhile never mixes versions within it."""
+        pipeline = self.registry.pipeline(name)
+        assert pipeline.config is not None  # registry.pipeline returns ready pipelines only
+        config = pipeline.config
+        if budget.on_model is not None:
+            budget.on_model(name)
+        detect, crop, per_crop = config.detect, config.crop, config.per_crop
+        stages: list[StageRun] = []
+        async with contextlib.AsyncExitStack() as held:
+            detector = await self._hold(held, name, detect.step, detect.model, detect.task)
+            classifier = await self._hold(held, name, per_crop.step, per_crop.model, per_crop.task)
+            det_processor = detector.processor_as(DetectProcessor)
+            cls_processor = classifier.processor_as(ClassifyProcessor)
+            classes = options.classes_within(detect.classes)
+            confidence = detect.confidence if options.confidence is None else options.confidence
+
+            async def detecting(stage: Budget) -> list[Seen[ImageDetections]]:
+                params = det_processor.params(  # unknown labels: a 400 naming the stage
+                    model=detector.name,
+                    confidence=confidence,
+                    iou=detect.iou,
+                    max_detections=detect.max_detections,
+                    classes=classes,
+                )
+                return await self.run(detector, WholeImage(det_processor), raws, params, stage)
+
+            seen = await self._stage(name, "detect", detector, budget, stages, detecting)
+            started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
+            self._check_deadline(name, "crop", budget)
+            plans = [
+                plan_crops(
+                    s.result.detections,
+                    s.result.width,
+                    s.result.height,
+                    padding=crop.padding,
+                    min_size=crop.min_size,
+                    max_crops=crop.max_crops,
+                )
+                for s in seen
+            ]
+            crops = [
+                Crop(s.picture, box)
+                for s, plan in zip(seen, plans, strict=True)
+                for box in plan.crops
+            ]
+            crop_ms = (time.perf_counter() - started) * 1000.0
+            stages.append(StageRun("crop", None, None, crop_ms, items=len(crops)))
+            top_k = per_crop.top_k if options.top_k is None else options.top_k
+
+            async def classifying(stage: Budget) -> list[Classification]:
+                if not crops:  # zero detections: the classifier is not called
+                    return []
+                return await self.run(
+                    classifier, CropInput(cls_processor), crops, ClassifyParams(top_k), stage
+                )
+
+            classified = await self._stage(
+                name, per_crop.step, classifier, budget, stages, classifying
+            )
+        images: list[PipelineImage] = []
+        offset = 0
+        for s, plan in zip(seen, plans, strict=True):
+            count = len(plan.crops)
+            images.append(assemble(s.result, plan, classified[offset : offset + count]))
+            offset += count
+        return PipelineRun(name, images, [s.picture for s in seen], stages)
+
+    async def _hold(
+        self, held: contextlib.AsyncExitStack, pipeline: str, stage: str, model: str, task: str
+    ) -> LoadedModel:
+        """Lease a stage's model until ``held`` closes; a model that cannot serve (gone, not
+        ready) fails the request naming the stage."""
+        try:
+            return await held.enter_async_context(self.registry.lease(model, task))
+        except ServiceError as exc:
+            raise in_stage(exc, pipeline, stage, model) from None
+
+    def _check_deadline(self, pipeline: str, stage: str, budget: Budget) -> None:
+        if asyncio.get_running_loop().time() >= budget.deadline:
+            error = DeadlineExceededError("the request deadline passed before this stage began")
+            raise in_stage(error, pipeline, stage, None)
+
+    async def _stage(
+        self,
+        pipeline: str,
+        stage: str,
+        model: LoadedModel,
+        budget: Budget,
+        stages: list[StageRun],
+        work: Callable[[Budget], Awaitable[list[T]]],
+    ) -> list[T]:
+        """``work`` on a budget of its own (same deadline, its own timings), the stage named in
+        any error it raises; its timing appended to ``stages``."""
+        self._check_deadline(pipeline, stage, budget)
+        started = time.perf_counter()
+        own = Budget(budget.deadline, budget.is_disconnected)
+        try:
+            value = await work(own)
+        except ServiceError as exc:
+            raise in_stage(exc, pipeline, stage, model.name) from None
+        except Exception as exc:  # a bug in a stage: logged here with its stage, never sent
+            log.error("pipeline %s: stage %s failed", pipeline, stage, exc_info=exc)
+            failed = InferenceFailedError("the stage failed; quote this request_id to the operator")
+            raise in_stage(failed, pipeline, stage, model.name) from None
+        stages.append(
+            StageRun(
+                stage,
+                model.name,
+                model.version,
+                (time.perf_counter() - started) * 1000.0,
+                own.queue_ms,
+                own.inference_ms,
+                max(own.batch_sizes, default=0),
+                len(value),
+            )
+        )
+        return value
+
     def _check_texts(self, texts: Sequence[str], field: str) -> None:
         limits = self.settings
         if len(texts) > limits.max_texts_per_request:
@@ -210,3 +387,14 @@ class Inference:
     ) -> list[Outputs]:
         """Raw tensors (Open Inference Protocol): each item straight to the batcher."""
         return await gather_or_cancel([self.submit(model, item, budget) for item in items])
+
+
+def in_stage(error: ServiceError, pipeline: str, stage: str, model: str | None) -> ServiceError:
+    """``error`` (same class, status and headers) with the pipeline stage named in its message
+    and in the ``x-pipeline-stage`` header."""
+    where = f"pipeline {pipeline!r}, stage {stage}" + (f" (model {model!r})" if model else "")
+    named = copy.copy(error)
+    named.message = f"{where}: {error.message}"
+    named.args = (named.message,)
+    named.headers = {**error.headers, STAGE_HEADER: stage}
+    return named

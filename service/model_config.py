@@ -4,13 +4,16 @@ Triton-like: tensor ``dims`` exclude the batch dimension and use ``-1`` for vari
 ``batching.max_batch_size: 0`` means the graph has no batch dimension at all (one item per run,
 e.g. torchvision Mask R-CNN). Everything is validated with ``extra="forbid"`` so a typo in a
 config is an error that names the model and the field, not a silently ignored key.
+
+A folder whose config says ``task: pipeline`` is a pipeline instead (``PipelineConfig``): no graph
+of its own, an ordered list of steps that name the models they run (detect → crop → classify).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -181,6 +184,133 @@ class ModelConfig(_Strict):
         return ordered[-policy.latest :]
 
 
+# -- pipelines ------------------------------------------------------------------------------------
+StepModel = Annotated[
+    str,
+    Field(
+        pattern=MODEL_NAME_PATTERN,
+        max_length=128,
+        description="A model of the repository, by name.",
+        examples=["nanodet-coco"],
+    ),
+]
+
+
+class DetectStep(_Strict):
+    """The first step: a detect model over the whole image."""
+
+    step: Literal["detect"]
+    model: StepModel
+    classes: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Keep only detections of these labels (of the detect model); none: all.",
+        examples=[["cat", "dog"]],
+    )
+    confidence: float = Field(default=0.25, ge=0.0, le=1.0, description="Minimum score.")
+    iou: float = Field(default=0.45, ge=0.0, le=1.0, description="NMS IoU threshold.")
+    max_detections: int = Field(default=100, ge=1, le=10000, description="Per image.")
+
+    @property
+    def task(self) -> str:
+        return "detect"
+
+
+class CropStep(_Strict):
+    """Each detection's box, padded and clipped to the image, cut out of the decoded image (an
+    array: never re-encoded) for the step after it."""
+
+    step: Literal["crop"]
+    padding: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Added on each side, as a fraction of the box's width (left, right) and "
+        "height (top, bottom).",
+    )
+    min_size: int = Field(
+        default=8,
+        ge=1,
+        le=8192,
+        description="Detections whose box is narrower or lower than this (pixels of the "
+        "original image) are not cropped.",
+    )
+    max_crops: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="At most this many crops per image, the highest-scoring detections first; "
+        "the rest are returned uncropped.",
+    )
+
+
+class ClassifyStep(_Strict):
+    """A per-crop step: a classify model on each crop."""
+
+    step: Literal["classify"]
+    model: StepModel
+    top_k: int = Field(default=5, ge=1, le=1000, description="Classes per crop.")
+
+    @property
+    def task(self) -> str:
+        return "classify"
+
+
+# the steps that run on each crop; an image embedder or an instance segmenter joins this union
+CropTaskStep = ClassifyStep
+PipelineStep = Annotated[DetectStep | CropStep | ClassifyStep, Field(discriminator="step")]
+ModelStep = DetectStep | ClassifyStep
+
+
+class PipelineConfig(_Strict):
+    """``task: pipeline``: ``steps`` = detect, crop, then one step on each crop (classify)."""
+
+    name: str = Field(default="", description="Defaults to the folder name.")
+    task: Literal["pipeline"]
+    steps: list[PipelineStep] = Field(
+        min_length=3, max_length=3, description="detect, crop, then classify: in this order."
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PipelineConfig:
+        kinds = [s.step for s in self.steps]
+        if kinds[0] != "detect":
+            raise ValueError(f"steps.0 must be a detect step, not {kinds[0]}")
+        if kinds[1] != "crop":
+            raise ValueError(f"steps.1 must be a crop step, not {kinds[1]}")
+        if kinds[2] != "classify":
+            raise ValueError(f"steps.2 must be a step on each crop (classify), not {kinds[2]}")
+        return self
+
+    @property
+    def detect(self) -> DetectStep:
+        step = self.steps[0]
+        assert isinstance(step, DetectStep)  # _ordered
+        return step
+
+    @property
+    def crop(self) -> CropStep:
+        step = self.steps[1]
+        assert isinstance(step, CropStep)
+        return step
+
+    @property
+    def per_crop(self) -> CropTaskStep:
+        step = self.steps[2]
+        assert isinstance(step, ClassifyStep)
+        return step
+
+    def model_steps(self) -> list[tuple[int, ModelStep]]:
+        """``(index, step)`` of each step that runs a model, in order."""
+        return [
+            (i, s) for i, s in enumerate(self.steps) if isinstance(s, DetectStep | ClassifyStep)
+        ]
+
+
+C = TypeVar("C", ModelConfig, PipelineConfig)
+
+
 def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` over ``base``: mappings merge key by key, anything else replaces."""
     merged = dict(base)
@@ -192,14 +322,10 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def load_model_config(
-    folder: Path, name: str | None = None, override: dict[str, Any] | None = None
-) -> tuple[ModelConfig, list[str]]:
-    """Read and validate ``folder/config.yaml``; returns the config and its resolved labels.
-
-    ``name`` is the model's name when ``folder`` is one of its numbered version folders
-    (default: the folder's name); ``override`` is merged over the file (a load call's config).
-    """
+def _read_config(
+    folder: Path, name: str | None, override: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """``folder/config.yaml`` as a mapping (``override`` merged over it, ``name`` defaulted)."""
     name = name or folder.name
     if not _MODEL_NAME_RE.match(name):
         raise ConfigError(f"model {name!r}: folder name is not a valid model identifier")
@@ -217,8 +343,12 @@ def load_model_config(
     if override:
         raw = merge_config(raw, override)
     raw.setdefault("name", name)
+    return name, raw
+
+
+def _validated(kind: type[C], name: str, raw: dict[str, Any]) -> C:
     try:
-        config = ModelConfig.model_validate(raw)
+        config = kind.model_validate(raw)
     except ValidationError as exc:
         fields = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
@@ -229,6 +359,44 @@ def load_model_config(
         raise ConfigError(
             f"model {name!r}: field name={config.name!r} differs from its folder name"
         )
+    return config
+
+
+def config_task(folder: Path) -> str | None:
+    """The ``task`` a folder's config.yaml declares, read without validating anything (None
+    when there is no readable mapping with a string task): tells pipelines from models."""
+    try:
+        raw = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    task = raw.get("task") if isinstance(raw, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def load_pipeline_config(
+    folder: Path, name: str | None = None, override: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Read and validate a pipeline's ``folder/config.yaml`` (``task: pipeline``). Only its own
+    fields; whether the models it names exist and serve the right tasks is the registry's check."""
+    name, raw = _read_config(folder, name, override)
+    return _validated(PipelineConfig, name, raw)
+
+
+def load_model_config(
+    folder: Path, name: str | None = None, override: dict[str, Any] | None = None
+) -> tuple[ModelConfig, list[str]]:
+    """Read and validate ``folder/config.yaml``; returns the config and its resolved labels.
+
+    ``name`` is the model's name when ``folder`` is one of its numbered version folders
+    (default: the folder's name); ``override`` is merged over the file (a load call's config).
+    """
+    name, raw = _read_config(folder, name, override)
+    if raw.get("task") == "pipeline":
+        raise ConfigError(
+            f"model {name!r}: field task: a pipeline is not a model; read it with "
+            "load_pipeline_config (it has no graph, labels or batching of its own)"
+        )
+    config = _validated(ModelConfig, name, raw)
     labels: list[str] = []
     if isinstance(config.labels, list):
         labels = list(config.labels)

@@ -22,11 +22,11 @@ from service.errors import (
 from service.inference import Budget, Inference
 from service.middleware import first_byte_time
 from service.runtime.registry import ModelRegistry
-from service.schemas.common import ImagesRequest
+from service.schemas.common import ImageInputs
 from service.settings import Settings
 
 T = TypeVar("T")
-ImagesRequestT = TypeVar("ImagesRequestT", bound=ImagesRequest)
+ImagesRequestT = TypeVar("ImagesRequestT", bound=ImageInputs)
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import registry_of, settings_of
 from service.errors import ModelNotFoundError, NotReadyError
-from service.runtime.registry import ModelEntry
+from service.runtime.registry import ModelEntry, PipelineEntry
 from service.schemas.common import BatchingInfo, ModelInfo, ModelList, TensorInfo, VersionInfo
 
 router = APIRouter(tags=["health"])
@@ -34,6 +34,8 @@ async def metrics(request: Request) -> Response:
     for name, entry in registry.models.items() if registry else []:
         m.model_ready.labels(name).set(1.0 if entry.ready else 0.0)
         m.queue_depth.labels(name).set(sum(v.batcher.queue_depth for v in entry.serving.values()))
+    for name, pipeline in registry.pipelines.items() if registry else []:
+        m.model_ready.labels(name).set(1.0 if pipeline.ready else 0.0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -53,7 +55,10 @@ async def live() -> Liveness:
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     registry = getattr(state, "registry", None)
-    models = {name: status_of(m) for name, m in (registry.models.items() if registry else [])}
+    entries: list[ModelEntry | PipelineEntry] = (
+        [*registry.models.values(), *registry.pipelines.values()] if registry else []
+    )
+    models = {entry.name: status_of(entry) for entry in entries}
     settings = settings_of(request)
     # with a fixed model set (control none), a failed model keeps a strict server unready; a
     # managed repository (poll, explicit) may hold failed or no models and still serve the rest
@@ -69,7 +74,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
 
 
-def status_of(entry: ModelEntry) -> str:
+def status_of(entry: ModelEntry | PipelineEntry) -> str:
     """loading, ready or failed; unhealthy when it should serve but a batcher has died."""
     return entry.status if entry.ready or entry.status != "ready" else "unhealthy"
 
@@ -114,6 +119,22 @@ def model_info(entry: ModelEntry, defaults: list[str]) -> ModelInfo:
     return info
 
 
+def pipeline_info(entry: PipelineEntry) -> ModelInfo:
+    """A pipeline in the model listing: its steps, and whether its models let it serve."""
+    return ModelInfo(
+        name=entry.name,
+        task="pipeline",
+        format=None,
+        status=status_of(entry),
+        error=entry.error,
+        versions=[
+            VersionInfo(version=1, status="ready" if entry.ready else "unhealthy")
+            for _ in entry.serving
+        ],
+        steps=list(entry.config.steps) if entry.config is not None else None,
+    )
+
+
 @models_router.get(
     "/v1/models", response_model=ModelList, summary="Every model with its status and IO"
 )
@@ -127,4 +148,5 @@ async def list_models(request: Request) -> ModelList:
             continue
     return ModelList(
         models=[model_info(m, defaults.get(n, [])) for n, m in registry.models.items()]
+        + [pipeline_info(p) for p in registry.pipelines.values()]
     )

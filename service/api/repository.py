@@ -77,8 +77,8 @@ async def index(request: Request) -> list[RepositoryModel]:
     registry = registry_of(request)
     folders = await asyncio.to_thread(repository_folders, registry.root)
     rows: list[RepositoryModel] = []
-    for name in sorted(set(folders) | set(registry.models)):
-        entry = registry.models.get(name)
+    for name in sorted(set(folders) | set(registry.models) | set(registry.pipelines)):
+        entry = registry.models.get(name) or registry.pipelines.get(name)
         if entry is not None and entry.ready:
             rows += [
                 RepositoryModel(name=name, version=str(v), state="READY") for v in entry.serving

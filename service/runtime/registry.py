@@ -11,6 +11,10 @@ the entry's serving set in one assignment; requests that already hold the old ve
 load leaves the serving versions untouched. Control modes, as Triton's: ``none`` (the set loaded
 at start-up is final), ``explicit`` (load / unload calls) and ``poll`` (the repository is
 rescanned and changed folders are reloaded once they have been stable for two scans).
+
+A folder whose config says ``task: pipeline`` is a pipeline (``service.runtime.pipelines``): a
+``PipelineEntry`` beside the model entries, loaded, reloaded and unloaded by the same calls, and
+bound again to its models whenever the model set changes.
 """
 
 from __future__ import annotations
@@ -29,18 +33,22 @@ from service.model_config import (
     MODEL_NAME_PATTERN,
     ConfigError,
     ModelConfig,
+    PipelineConfig,
+    config_task,
     load_model_config,
+    load_pipeline_config,
 )
 from service.runtime.batcher import BatchObserver
 from service.runtime.model import LoadedModel, build_model, describe_failure
+from service.runtime.pipelines import Binding, Fingerprint, PipelineEntry, bind
 from service.runtime.session import SessionError, resolve_providers
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Status = Literal["loading", "ready", "failed"]
-# a folder's files as (relative path, size, mtime): equal across two scans = not being written
-Fingerprint = tuple[tuple[str, int, int], ...]
+# Fingerprint (service.runtime.pipelines): a folder's files as (relative path, size, mtime);
+# equal across two scans = not being written
 
 
 class LifecycleObserver(Protocol):
@@ -77,6 +85,12 @@ def repository_folders(root: Path) -> dict[str, Path]:
         for p in sorted(root.iterdir())
         if p.is_dir() and not p.name.startswith(".") and model_versions(p)
     }
+
+
+def is_pipeline(folder: Path) -> bool:
+    """A folder whose (newest) config.yaml says ``task: pipeline``."""
+    versions = model_versions(folder)
+    return bool(versions) and config_task(versions[max(versions)]) == "pipeline"
 
 
 def fingerprint(folder: Path) -> Fingerprint:
@@ -138,9 +152,14 @@ class ModelEntry:
         return model
 
 
-def not_ready_message(entry: ModelEntry) -> str:
+def not_ready_message(entry: ModelEntry | PipelineEntry) -> str:
     """For clients: the load error itself (ONNX Runtime text, file paths) stays in the log and
-    GET /v1/models."""
+    GET /v1/models. A pipeline's binding problem is our own text (a field and a model name)."""
+    if isinstance(entry, PipelineEntry):
+        why = entry.binding.problem if entry.config is not None else None
+        if why is None:
+            return f"pipeline {entry.name!r} is not ready ({entry.status}); GET /v1/models says why"
+        return f"pipeline {entry.name!r} is not ready ({entry.status}): {why}"
     if entry.status == "failed":
         return f"model {entry.name!r} failed to load; GET /v1/models says why"
     if entry.status == "ready":
@@ -152,6 +171,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings, observer: LifecycleObserver | None = None) -> None:
         self.settings = settings
         self.models: dict[str, ModelEntry] = {}
+        self.pipelines: dict[str, PipelineEntry] = {}
         self._observer = observer
         self._providers: list[str] | None = None
         self._load_lock = asyncio.Lock()  # one load at a time: bounded memory peaks
@@ -212,7 +232,10 @@ class ModelRegistry:
             folders = {n: f for n, f in folders.items() if n in self.settings.startup_models}
         if not folders:
             log.warning("model repository %s holds no models to load", self.root)
+        pipelines = {n: f for n, f in folders.items() if is_pipeline(f)}
         for name, folder in folders.items():
+            if name in pipelines:
+                continue  # after every model: they are checked against the models
             entry = ModelEntry(name, folder)
             self.models[name] = entry
             entry.attempted = fingerprint(folder)
@@ -227,6 +250,18 @@ class ModelRegistry:
                     self._observer.load_failed(name)
                 if self.settings.strict_startup:
                     raise ConfigError(entry.error) from exc
+        for name, folder in pipelines.items():
+            pipeline = self.pipelines[name] = PipelineEntry(name, folder)
+            pipeline.attempted = fingerprint(folder)
+            self._seen[name] = pipeline.attempted
+            try:
+                self._load_pipeline(pipeline)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                if self._observer:
+                    self._observer.load_failed(name)
+                if self.settings.strict_startup:
+                    raise
 
     def start(self) -> None:
         """Start the batchers of the models ``load`` built (on the event loop)."""
@@ -237,6 +272,10 @@ class ModelRegistry:
                 entry.status = "ready"
                 if self._observer:
                     self._observer.model_loaded(entry.name, sorted(entry.serving), 0.0)
+        self._bind_pipelines()
+        for pipeline in self.pipelines.values():
+            if pipeline.config is not None and self._observer:
+                self._observer.model_loaded(pipeline.name, [1], 0.0)
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         for entry in self.models.values():
@@ -246,11 +285,16 @@ class ModelRegistry:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # -- runtime lifecycle (event loop) ----------------------------------------------------------
-    async def load_model(self, name: str, override: dict[str, Any] | None = None) -> ModelEntry:
+    async def load_model(
+        self, name: str, override: dict[str, Any] | None = None
+    ) -> ModelEntry | PipelineEntry:
         """(Re)load ``name`` from its folder, even when its files look unchanged. The new
         versions are built and warmed up off the loop and swapped in only when all of them are
-        ready; on failure the serving versions stay and ``LoadFailedError`` (400) says why."""
+        ready; on failure the serving versions stay and ``LoadFailedError`` (400) says why.
+        A pipeline folder (re)loads its pipeline (``load_pipeline``)."""
         folder = self._folder(name)
+        if await asyncio.to_thread(is_pipeline, folder):
+            return await self.load_pipeline(name, folder, override)
         async with self._load_lock:
             entry = self.models.get(name)
             if entry is None:
@@ -268,12 +312,16 @@ class ModelRegistry:
                 log.error("load failed: %s", entry.error, exc_info=exc if unexpected else None)
                 if self._observer:
                     self._observer.load_failed(name)
+                self._bind_pipelines()
                 raise LoadFailedError(entry.error) from None
             for model in built.values():
                 model.batcher.start()
             retired = list(entry.serving.values())
             entry.serving, entry.folder = built, folder  # the swap: one assignment
             entry.status, entry.error = "ready", None
+            if self.pipelines.pop(name, None) is not None:  # the folder was a pipeline's
+                log.info("pipeline %s: replaced by a model of that name", name)
+            self._bind_pipelines()
             seconds = time.perf_counter() - started
             log.info(
                 "model %s: serving versions %s (loaded in %.1f s)", name, sorted(built), seconds
@@ -284,11 +332,110 @@ class ModelRegistry:
             self._retire_soon(model)
         return entry
 
+    async def load_pipeline(
+        self, name: str, folder: Path, override: dict[str, Any] | None = None
+    ) -> PipelineEntry:
+        """(Re)load a pipeline from its folder: its config, checked against the models it names.
+        A refused one (``LoadFailedError`` naming the field) keeps a ready older config serving;
+        with none, it is recorded failed and serves once the model set makes it right."""
+        async with self._load_lock:
+            pipeline = self.pipelines.get(name)
+            if pipeline is None:
+                pipeline = self.pipelines[name] = PipelineEntry(name, folder)
+            pipeline.folder = folder
+            pipeline.attempted = await asyncio.to_thread(fingerprint, folder)
+            try:
+                try:
+                    config = await asyncio.to_thread(load_pipeline_config, folder, name, override)
+                except ConfigError as exc:
+                    pipeline.load_error = str(exc)
+                    raise
+                self._adopt(pipeline, config)
+            except ConfigError as exc:
+                log.error("load failed: %s", exc)
+                if self._observer:
+                    self._observer.load_failed(name)
+                raise LoadFailedError(str(exc)) from None
+            replaced = self.models.pop(name, None)  # the folder was a model's
+            log.info("pipeline %s: loaded (%s)", name, pipeline.status)
+            if self._observer:
+                self._observer.model_loaded(name, [1], 0.0)
+        if replaced is not None:
+            for model in replaced.serving.values():
+                self._retire_soon(model)
+            self._bind_pipelines()
+        return pipeline
+
+    def _load_pipeline(self, pipeline: PipelineEntry) -> None:
+        """Start-up (blocking, before the event loop serves): read and adopt its config."""
+        try:
+            config = load_pipeline_config(pipeline.folder, pipeline.name)
+        except ConfigError as exc:
+            pipeline.load_error = str(exc)
+            raise
+        self._adopt(pipeline, config)
+
+    def _adopt(self, pipeline: PipelineEntry, config: PipelineConfig) -> None:
+        """Bind a freshly read config and make it ``pipeline``'s. Raises ``ConfigError`` when it
+        names a model that does not exist or serves another task; it is adopted anyway unless a
+        ready older config serves, so that a later change of the model set can make it ready."""
+        try:
+            binding = self._bind(pipeline.name, config)
+        except ConfigError as exc:
+            if pipeline.ready:
+                pipeline.load_error = str(exc)  # the older config keeps serving
+            else:
+                pipeline.config, pipeline.load_error = config, None
+                pipeline.binding = Binding("failed", str(exc))
+            raise
+        pipeline.config, pipeline.binding, pipeline.load_error = config, binding, None
+
+    def check_pipeline(self, name: str, folder: Path) -> PipelineConfig:
+        """What loading a pipeline checks, without loading any model (``ortserve models``): its
+        config, and that each model it names is a folder of this repository whose config
+        declares the step's task. Raises ``ConfigError`` naming the field."""
+        config = load_pipeline_config(folder, name)
+        bind(name, config, {}, self._folder_task, waits_for_folders=True)
+        return config
+
+    def _bind(self, name: str, config: PipelineConfig) -> Binding:
+        return bind(
+            name,
+            config,
+            self.models,
+            self._folder_task,
+            waits_for_folders=self.settings.model_control == "poll",
+        )
+
+    def _bind_pipelines(self) -> None:
+        """Bind every pipeline again: the model set has changed."""
+        for pipeline in self.pipelines.values():
+            if pipeline.config is None:
+                continue
+            try:
+                pipeline.binding = self._bind(pipeline.name, pipeline.config)
+            except ConfigError as exc:
+                pipeline.binding = Binding("failed", str(exc))
+
+    def _folder_task(self, name: str) -> str | None:
+        """The task the repository folder ``name`` declares (None: no such model folder)."""
+        versions = model_versions(self.root / name) if not name.startswith(".") else {}
+        return config_task(versions[max(versions)]) if versions else None
+
     async def unload_model(self, name: str) -> None:
         """Stop routing to ``name`` (404 from now on), let the requests it holds finish, then
-        release its sessions. Returns once it is gone."""
+        release its sessions. Returns once it is gone. A pipeline holds nothing: it just goes
+        (its requests hold their models)."""
         async with self._load_lock:
-            entry = self.models.pop(name, None)
+            pipeline = self.pipelines.pop(name, None)
+            entry = self.models.pop(name, None) if pipeline is None else None
+            if entry is not None:
+                self._bind_pipelines()
+        if pipeline is not None:
+            log.info("pipeline %s: unloaded", name)
+            if self._observer:
+                self._observer.model_unloaded(name)
+            return
         if entry is None:
             raise ModelNotFoundError(f"model {name!r} is not loaded")
         await asyncio.gather(*(self._retire(m) for m in entry.serving.values()))
@@ -347,12 +494,12 @@ class ModelRegistry:
             self._missing.pop(name, None)
             if files != previous:
                 continue  # new or still being written: look again next time
-            entry = self.models.get(name)
+            entry = self.models.get(name) or self.pipelines.get(name)
             if entry is not None and entry.attempted == files:
                 continue  # what we serve (or last failed on) is what is there
             with contextlib.suppress(LoadFailedError):  # logged, counted, in /v1/models
                 await self.load_model(name)
-        for name in [n for n in self.models if n not in scanned]:
+        for name in [n for n in [*self.models, *self.pipelines] if n not in scanned]:
             self._seen.pop(name, None)
             self._missing[name] = self._missing.get(name, 0) + 1
             if self._missing[name] >= 2:
@@ -369,6 +516,21 @@ class ModelRegistry:
         if entry is None:
             raise ModelNotFoundError(f"model {name!r} does not exist; GET /v1/models lists them")
         return entry
+
+    def pipeline(self, name: str) -> PipelineEntry:
+        """The pipeline a request asks for: 404 when unknown, 503 while it cannot serve."""
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            if name in self.models:
+                raise ModelNotFoundError(
+                    f"{name!r} is a model, not a pipeline; GET /v1/models lists the pipelines"
+                )
+            raise ModelNotFoundError(
+                f"pipeline {name!r} does not exist; GET /v1/models lists them (task pipeline)"
+            )
+        if not pipeline.ready:
+            raise NotReadyError(not_ready_message(pipeline))
+        return pipeline
 
     def get(self, name: str | None, task: str | None, version: int | None = None) -> LoadedModel:
         """The model a request asks for (the task's default when ``name`` is None): 404 when
@@ -415,4 +577,10 @@ class ModelRegistry:
         raise ModelNotFoundError(f"no model serves task {task!r} in this repository")
 
 
-__all__ = ["MODEL_NAME_PATTERN", "ModelEntry", "ModelRegistry", "not_ready_message"]
+__all__ = [
+    "MODEL_NAME_PATTERN",
+    "ModelEntry",
+    "ModelRegistry",
+    "PipelineEntry",
+    "not_ready_message",
+]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.model_config import MODEL_NAME_PATTERN
+from service.model_config import MODEL_NAME_PATTERN, PipelineStep
 
 ModelName = Annotated[
     str,
@@ -41,10 +41,13 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ImagesRequest(RequestModel):
+class ImageInputs(RequestModel):
     images: list[Base64Image] = Field(
         min_length=1, max_length=256, description="One or more images; results keep this order."
     )
+
+
+class ImagesRequest(ImageInputs):
     model: ModelName | None = None
     model_version: ModelVersion | None = None
 
@@ -126,6 +129,10 @@ class ModelInfo(BaseModel):
     labels: int = Field(default=0, description="Number of class labels.")
     default_for: list[str] = Field(
         default_factory=list, description="Tasks this model is the default for."
+    )
+    steps: list[PipelineStep] | None = Field(
+        default=None,
+        description="Pipelines (task pipeline): their steps as configured, in order.",
     )
 
 

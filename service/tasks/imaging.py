@@ -199,6 +199,24 @@ def input_tensor(decoded: DecodedImage, spec: ImagePreprocessing) -> tuple[np.nd
     return normalise(arr, spec), geo
 
 
+def crop_image(decoded: DecodedImage, box: tuple[int, int, int, int]) -> DecodedImage:
+    """The region ``box`` (x1, y1, x2, y2 in pixels of the original image, inside it) as an
+    image of its own: a copy of those pixels, never re-encoded. Its "original" size is the box's,
+    so geometry computed on the crop maps back to original-image pixels of the box."""
+    x1, y1, x2, y2 = box
+    img = decoded.image
+    # draft decoding may have shrunk the picture: the box in its pixels
+    rx, ry = img.width / decoded.orig_w, img.height / decoded.orig_h
+    region = (
+        max(0, min(img.width - 1, int(x1 * rx))),
+        max(0, min(img.height - 1, int(y1 * ry))),
+        max(1, min(img.width, round(x2 * rx))),
+        max(1, min(img.height, round(y2 * ry))),
+    )
+    region = (region[0], region[1], max(region[2], region[0] + 1), max(region[3], region[1] + 1))
+    return DecodedImage(img.crop(region), max(1, x2 - x1), max(1, y2 - y1))
+
+
 def normalise(arr: np.ndarray, spec: ImagePreprocessing) -> np.ndarray:
     """uint8[H,W,3] RGB → float32[3,H,W]: ``(x * scale - mean) / std`` in the model's colour order."""
     mul = np.asarray([spec.scale / s for s in spec.std], dtype=np.float32)
@@ -225,6 +243,10 @@ class ImageProcessor:
 
     def preprocess(self, data: bytes) -> tuple[dict[str, np.ndarray], Geometry]:
         decoded = decode_image(data, max_pixels=self.max_pixels, min_size=self._draft)
+        return self.from_decoded(decoded)
+
+    def from_decoded(self, decoded: DecodedImage) -> tuple[dict[str, np.ndarray], Geometry]:
+        """An image already decoded (a pipeline's picture, or a crop of it)."""
         tensor, geo = input_tensor(decoded, self.spec)
         return {self.input_name: tensor}, geo
 

@@ -13,6 +13,7 @@ Each model computes something simple from its input, so tests can predict the ri
   one point (centre 24, 24) scores the mean red / green, its sides say one stride (16 px) each:
   a box 8,8–40,40 in input pixels.
 - ``tiny-embedder``: an embedding table + masked mean pooling, with a WordLevel tokenizer.
+- ``tiny-pipeline``: not a model but a pipeline: ``tiny-yolo`` → crop → ``tiny-classifier``.
 """
 
 from __future__ import annotations
@@ -416,6 +417,31 @@ def embedder(folder: Path, dims: int = 8, seed: int = 0) -> None:
     tokenizer.save(str(folder / "tokenizer.json"))
 
 
+def pipeline(
+    folder: Path,
+    detect: str = "tiny-yolo",
+    classify: str = "tiny-classifier",
+    *,
+    detect_options: dict[str, object] | None = None,
+    crop: dict[str, object] | None = None,
+    top_k: int = 2,
+) -> None:
+    """A detect → crop → classify pipeline folder (``task: pipeline``, no graph of its own).
+    With the defaults, ``tiny-yolo`` finds red and green quadrants and ``tiny-classifier`` names
+    each crop's mean colour: a red quadrant is detected "red" and classified "red"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "task": "pipeline",
+        "description": "tiny detect → crop → classify",
+        "steps": [
+            {"step": "detect", "model": detect, **(detect_options or {})},
+            {"step": "crop", **(crop or {"padding": 0.0, "min_size": 4, "max_crops": 8})},
+            {"step": "classify", "model": classify, "top_k": top_k},
+        ],
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def embedding_table(folder: Path) -> np.ndarray:
     """The embedder's table, for computing expected embeddings in tests."""
     model = onnx.load(str(folder / "model.onnx"))
@@ -436,6 +462,7 @@ def build_repository(root: Path) -> Path:
     yolo_seg(root / "tiny-yolo-seg")
     torchvision_detector(root / "tiny-tv-detector")
     embedder(root / "tiny-embedder")
+    pipeline(root / "tiny-pipeline")
     return root
 
 

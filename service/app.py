@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service import __version__
+from service import __version__, tracing
 from service.api import (
     classify,
     demo,
@@ -44,7 +44,7 @@ from service.middleware import (
     request_id_var,
 )
 from service.runtime.registry import ModelRegistry
-from service.settings import Settings
+from service.settings import OtelSettings, Settings
 
 log = logging.getLogger("service")
 
@@ -120,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     metrics = Metrics()
+    # OTEL_* only; off (and free) unless an exporter is configured and the otel extra installed
+    traced = tracing.setup(OtelSettings(), __version__)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
         )
         registry = ModelRegistry(settings, observer=metrics)
+        metrics.watch(registry)
         app.state.registry = registry
         app.state.inference = Inference(registry, pool, settings)
         # loading and warm-up block: keep them off the event loop so /health/live answers
@@ -154,6 +157,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await watcher
             await registry.stop()
             pool.shutdown(wait=False, cancel_futures=True)
+            if traced:
+                await asyncio.to_thread(tracing.shutdown)  # exports what is buffered
 
     app = FastAPI(
         title="ortserve",
@@ -190,6 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ConnectionLimitMiddleware, max_connections=settings.max_connections)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if traced:
+        app.add_middleware(tracing.TracingMiddleware, request_id=request_id_var.get)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.errors import (
     DeadlineExceededError,
     InferenceFailedError,
@@ -147,10 +148,28 @@ class Inference:
     async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
+    async def render(self, draw: Callable[[], bytes], media_format: str) -> bytes:
+        """A picture of the results (``render=true``), drawn in the pool."""
+        with tracing.span("render", {"ortserve.render.format": media_format}):
+            return await self.in_pool(draw)
+
     async def submit(self, model: LoadedModel, feeds: Feeds, budget: Budget) -> Outputs:
         """One prepared item through the model's batcher."""
         budget.model_version = model.version
-        result = await model.batcher.submit(feeds, budget.deadline, budget.is_disconnected)
+        queued_ns = tracing.now_ns()
+        try:
+            result = await model.batcher.submit(feeds, budget.deadline, budget.is_disconnected)
+        except Exception as exc:  # full (429), deadline (504), client gone (499), failed run
+            tracing.interval("queue", queued_ns, error=exc)
+            raise
+        # the wait ended when its batch started; the batch's own span, linked, has the run
+        tracing.interval(
+            "queue",
+            queued_ns,
+            queued_ns + int(result.queue_ms * 1e6),
+            link=result.trace,
+            attributes={"ortserve.batch.size": result.batch_size},
+        )
         budget.timed(result)
         return result.value
 
@@ -173,24 +192,30 @@ class Inference:
         """Each raw input: prepare → batcher → finish; results in input order."""
         if len(raws) == 1 and processor.runs_alone(raws[0]) and model.batcher.idle:
             raw = raws[0]
+            traced = tracing.current()  # the job runs on the model thread: spans need a parent
 
             def job(run_one: Callable[[Feeds], Outputs]) -> ResultT:
-                feeds, meta = processor.prepare(raw)
-                return processor.finish(run_one(feeds), meta, params)
+                with tracing.span("prepare", parent=traced):
+                    feeds, meta = processor.prepare(raw)
+                outputs = run_one(feeds)
+                with tracing.span("finish", parent=traced):
+                    return processor.finish(outputs, meta, params)
 
             return [await self._alone(model, job, budget)]
 
         inline = processor.prepare_inline(raws)
 
         async def one(raw: T) -> ResultT:
-            if inline:
-                feeds, meta = processor.prepare(raw)
-            else:
-                feeds, meta = await self.in_pool(processor.prepare, raw)
+            with tracing.span("prepare"):
+                if inline:
+                    feeds, meta = processor.prepare(raw)
+                else:
+                    feeds, meta = await self.in_pool(processor.prepare, raw)
             outputs = await self.submit(model, feeds, budget)
-            if processor.finish_inline:
-                return processor.finish(outputs, meta, params)
-            return await self.in_pool(processor.finish, outputs, meta, params)
+            with tracing.span("finish"):
+                if processor.finish_inline:
+                    return processor.finish(outputs, meta, params)
+                return await self.in_pool(processor.finish, outputs, meta, params)
 
         return await gather_or_cancel([one(raw) for raw in raws])
 
@@ -221,23 +246,28 @@ class Inference:
         truncate: bool,
     ) -> Embedded:
         processor = model.processor_as(EmbedProcessor)
-        if processor.prepare_inline(texts):
-            encoded = processor.encode(texts, truncate=truncate)
-        else:
-            encoded = await self.in_pool(lambda: processor.encode(texts, truncate=truncate))
+        with tracing.span("tokenize", {"ortserve.texts": len(texts)}):
+            if processor.prepare_inline(texts):
+                encoded = processor.encode(texts, truncate=truncate)
+            else:
+                encoded = await self.in_pool(lambda: processor.encode(texts, truncate=truncate))
 
-        def finish(outputs: Outputs, meta: TextMeta) -> np.ndarray:
-            return processor.finish(outputs, meta, params).vector
+        def finish(outputs: Outputs, meta: TextMeta, parent: tracing.Context | None) -> np.ndarray:
+            with tracing.span("finish", parent=parent):
+                return processor.finish(outputs, meta, params).vector
 
         if len(encoded) == 1 and model.batcher.idle:
             [(feeds, meta)] = encoded
+            traced = tracing.current()  # finish runs on the model thread
             vectors = [
-                await self._alone(model, lambda run_one: finish(run_one(feeds), meta), budget)
+                await self._alone(
+                    model, lambda run_one: finish(run_one(feeds), meta, traced), budget
+                )
             ]
         else:
 
             async def one(feeds: Feeds, meta: TextMeta) -> np.ndarray:
-                return finish(await self.submit(model, feeds, budget), meta)
+                return finish(await self.submit(model, feeds, budget), meta, None)
 
             vectors = await gather_or_cancel([one(feeds, meta) for feeds, meta in encoded])
         tokens = sum(meta.tokens for _, meta in encoded)

@@ -1,7 +1,10 @@
 """Prometheus metrics and the access log.
 
 Each app owns its CollectorRegistry (no process-global state), so several apps can live in one
-process (tests) and nothing is registered twice.
+process (tests) and nothing is registered twice. The scaling signals (requests in flight, the
+age of the oldest queued request) are read from the models when scraped, not sampled before.
+With tracing on, the latency histograms carry the sampled trace ids as exemplars (shown in the
+OpenMetrics format, which Prometheus asks for).
 """
 
 from __future__ import annotations
@@ -9,11 +12,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import exposition as text_format
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.runtime.batcher import BatchObserver
+from service.runtime.registry import ModelRegistry
 
 access_log = logging.getLogger("service.access")
 
@@ -47,6 +56,43 @@ _LATENCY_BUCKETS = (
     30.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServingLoad:
+    """Per model, at scrape time: requests holding it (leased: decoding, queued, running or
+    postprocessing) and how long its oldest queued item has waited. The autoscaling signal:
+    a batching server's CPU stays flat while its queue grows."""
+
+    def __init__(self) -> None:
+        self.registry: ModelRegistry | None = None
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        inflight, oldest = self._families()
+        for name, entry in self.registry.models.items() if self.registry is not None else ():
+            versions = list(entry.serving.values())
+            inflight.add_metric([name], sum(model.usage.count for model in versions))
+            ages = [model.batcher.oldest_queued_s() for model in versions]
+            oldest.add_metric([name], max(ages, default=0.0))
+        yield inflight
+        yield oldest
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "ortserve_model_inflight_requests",
+                "Requests holding the model now: decoding, queued, running or postprocessing.",
+                labels=["model"],
+            ),
+            GaugeMetricFamily(
+                "ortserve_queue_oldest_age_seconds",
+                "How long the oldest item in the model's queue has waited (0: empty).",
+                labels=["model"],
+            ),
+        )
 
 
 class Metrics:
@@ -112,6 +158,20 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.serving_load = ServingLoad()
+        r.register(self.serving_load)
+
+    def watch(self, registry: ModelRegistry) -> None:
+        """Read the scaling signals from ``registry``'s models at each scrape."""
+        self.serving_load.registry = registry
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The scrape's body and content type: OpenMetrics (with exemplars) when ``accept``
+        asks for it, as Prometheus does, else the classic text format."""
+        if "application/openmetrics-text" in accept:
+            body = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]
+            return body, openmetrics.CONTENT_TYPE_LATEST
+        return text_format.generate_latest(self.registry), text_format.CONTENT_TYPE_LATEST
 
     # -- service.runtime.registry.LifecycleObserver ---------------------------------------------
     def model_loaded(self, model: str, versions: list[int], seconds: float) -> None:
@@ -137,9 +197,10 @@ class Metrics:
         inference = self.inference.labels(model)
 
         def observe(size: int, mean_queue_s: float, inference_s: float) -> None:
-            batch_size.observe(size)
-            queue_wait.observe(mean_queue_s)
-            inference.observe(inference_s)
+            exemplar = tracing.exemplar()  # the batch span, when it was traced
+            batch_size.observe(size, exemplar)
+            queue_wait.observe(mean_queue_s, exemplar)
+            inference.observe(inference_s, exemplar)
 
         return observe
 
@@ -175,7 +236,7 @@ class MetricsMiddleware:
             )
             model = str(scope.get("state", {}).get("model", ""))
             self.metrics.requests.labels(path, model, str(status)).inc()
-            self.metrics.latency.labels(path).observe(elapsed)
+            self.metrics.latency.labels(path).observe(elapsed, tracing.exemplar())
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
@@ -188,5 +249,6 @@ class MetricsMiddleware:
                     "model": model,
                     "path": scope["path"],
                     "method": scope["method"],
+                    **tracing.log_fields(),
                 },
             )

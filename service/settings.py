@@ -127,3 +127,46 @@ class Settings(BaseSettings):
 
     def default_model(self, task: str) -> str:
         return str(getattr(self, f"default_{task}_model"))
+
+
+class OtelSettings(BaseSettings):
+    """The OpenTelemetry variables that decide whether and how ortserve traces (the standard
+    ``OTEL_*`` names; nothing ortserve-specific). The SDK itself also reads the ones it owns:
+    the exporter's headers, timeout and compression, ``OTEL_RESOURCE_ATTRIBUTES``, the batch
+    processor's ``OTEL_BSP_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore")
+
+    sdk_disabled: bool = Field(default=False, description="true: no tracing whatever else is set.")
+    exporter_otlp_endpoint: str = Field(
+        default="", description="OTLP/HTTP base URL (…/v1/traces is appended); empty: no export."
+    )
+    exporter_otlp_traces_endpoint: str = Field(
+        default="", description="OTLP/HTTP URL for traces, used as is (wins over the above)."
+    )
+    exporter_otlp_protocol: str = Field(
+        default="http/protobuf", description="Only http/protobuf is supported."
+    )
+    traces_exporter: str = Field(
+        default="otlp", description="otlp, console (spans as JSON on stdout) or none."
+    )
+    service_name: str = Field(default="", description="service.name; ortserve when empty.")
+    traces_sampler: str = Field(
+        default="parentbased_always_on",
+        description=(
+            "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, "
+            "parentbased_traceidratio."
+        ),
+    )
+    traces_sampler_arg: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="The ratio of the *traceidratio samplers."
+    )
+
+    @property
+    def configured(self) -> bool:
+        """Whether tracing was asked for: an exporter with somewhere to send to."""
+        if self.sdk_disabled or self.traces_exporter.strip().lower() in ("", "none"):
+            return False
+        if self.traces_exporter.strip().lower() == "console":
+            return True
+        return bool(self.exporter_otlp_traces_endpoint or self.exporter_otlp_endpoint)

@@ -52,14 +52,15 @@ async def detect(request: Request, response: Response) -> DetectResponse | Respo
         )
         results = await inference.run(model, processor, images, det_params, budget)
     if params.render:
-        picture = await inference.in_pool(
+        picture = await inference.render(
             lambda: render.detections_picture(
                 images[0],
                 results[0].detections,
                 processor.labels,
                 params.render_format,
                 max_pixels=settings_of(request).max_image_pixels,
-            )
+            ),
+            params.render_format,
         )
         response = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
         timing_headers(response, budget)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from service.api.deps import registry_of, settings_of
@@ -36,7 +35,8 @@ async def metrics(request: Request) -> Response:
         m.queue_depth.labels(name).set(sum(v.batcher.queue_depth for v in entry.serving.values()))
     for name, pipeline in registry.pipelines.items() if registry else []:
         m.model_ready.labels(name).set(1.0 if pipeline.ready else 0.0)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    body, media_type = m.exposition(request.headers.get("accept", ""))
+    return Response(body, media_type=media_type)
 
 
 @router.get("/health/live", response_model=Liveness, summary="The process is up")

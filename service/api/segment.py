@@ -48,14 +48,15 @@ async def segment(request: Request, response: Response) -> SegmentResponse | Res
         processor = model.processor_as(SegmentProcessor)
         results = await inference.run(model, processor, images, seg_params, budget)
     if params.render:
-        picture = await inference.in_pool(
+        picture = await inference.render(
             lambda: render.segmentation_picture(
                 images[0],
                 results[0],
                 processor.labels,
                 params.render_format,
                 max_pixels=settings_of(request).max_image_pixels,
-            )
+            ),
+            params.render_format,
         )
         response = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
         timing_headers(response, budget)

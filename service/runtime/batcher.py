@@ -17,14 +17,16 @@ arriving meanwhile queue as usual and form the next batch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import service.tracing as tracing
 from service.errors import (
     ClientDisconnectedError,
     DeadlineExceededError,
@@ -52,6 +54,7 @@ class BatchResult(Generic[Out]):
     queue_ms: float  # submit → start of the run
     inference_ms: float  # the whole batch run (collate + session.run + split)
     batch_size: int
+    trace: tracing.SpanContext | None = None  # the batch run's span, when it was traced
 
 
 @dataclass(eq=False)
@@ -61,6 +64,18 @@ class _Item(Generic[In, Out]):
     deadline: float  # event-loop time
     enqueued: float
     is_disconnected: DisconnectCheck | None = None
+    trace: tracing.SpanContext | None = None  # the submitting request's span, when it is traced
+
+
+class _Queue(asyncio.Queue[_Item[In, Out]]):
+    """The batcher's FIFO, whose head (the item queued longest) can be read for the scrape.
+    ``_queue`` is the deque that ``asyncio.Queue._init`` makes (``LifoQueue`` and
+    ``PriorityQueue`` override the same hooks)."""
+
+    _queue: collections.deque[_Item[In, Out]]
+
+    def oldest(self) -> _Item[In, Out] | None:
+        return self._queue[0] if self._queue else None
 
 
 @dataclass
@@ -97,6 +112,7 @@ class DynamicBatcher(Generic[In, Out]):
         max_delay_ms: float,
         max_queue_size: int,
         observer: BatchObserver | None = None,
+        trace_attributes: Mapping[str, str | int | float | bool] | None = None,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
@@ -104,7 +120,9 @@ class DynamicBatcher(Generic[In, Out]):
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self._observer = observer
-        self._queue: asyncio.Queue[_Item[In, Out]] | None = None
+        # what every batch span of this model says: model, version, provider
+        self._trace_attributes = dict(trace_attributes or {"ortserve.model": name})
+        self._queue: _Queue[In, Out] | None = None
         self._collector: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._accepting = False
@@ -115,7 +133,7 @@ class DynamicBatcher(Generic[In, Out]):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        self._queue = asyncio.Queue(maxsize=self.max_queue_size)
+        self._queue = _Queue(maxsize=self.max_queue_size)
         self._accepting = True
         self._collector = asyncio.get_running_loop().create_task(
             self._collect(), name=f"batcher-{self.name}"
@@ -136,6 +154,12 @@ class DynamicBatcher(Generic[In, Out]):
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
+
+    def oldest_queued_s(self) -> float:
+        """How long the item at the head of the queue has waited (0 when empty): an item
+        still there past its deadline means the model thread is behind by a whole deadline."""
+        head = self._queue.oldest() if self._queue is not None else None
+        return asyncio.get_running_loop().time() - head.enqueued if head is not None else 0.0
 
     @property
     def idle(self) -> bool:
@@ -179,7 +203,9 @@ class DynamicBatcher(Generic[In, Out]):
         now = loop.time()
         if deadline <= now:
             raise DeadlineExceededError("the request deadline passed before it could be queued")
-        item: _Item[In, Out] = _Item(payload, loop.create_future(), deadline, now, is_disconnected)
+        item: _Item[In, Out] = _Item(
+            payload, loop.create_future(), deadline, now, is_disconnected, tracing.capture()
+        )
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -221,18 +247,27 @@ class DynamicBatcher(Generic[In, Out]):
         if deadline <= loop.time():
             raise DeadlineExceededError("the request deadline passed before it could be queued")
         timing: list[float] = []
+        traced = tracing.current()  # the batch span is this request's child
+        span_ns: list[int] = []
+        batch_trace: list[tracing.SpanContext] = []
 
         def run_one(payload: In) -> Out:
             started = time.perf_counter()
+            span_ns.append(tracing.now_ns())
             try:
                 outputs = self._run_batch([payload])
                 if len(outputs) != 1:
                     raise _OutputCountError(f"run_batch returned {len(outputs)} outputs for 1")
-            except ServiceError:
+            except ServiceError as exc:
+                self._trace_alone(traced, span_ns, exc)
                 raise
             except Exception as exc:
+                self._trace_alone(traced, span_ns, exc)
                 raise _LoneRunError() from exc
             timing.append(time.perf_counter() - started)
+            batch = self._trace_alone(traced, span_ns, None)
+            if batch is not None:
+                batch_trace.append(batch)
             return outputs[0]
 
         self._active += 1
@@ -250,10 +285,27 @@ class DynamicBatcher(Generic[In, Out]):
         except _LoneRunError as exc:
             self.stats.failed_batches += 1
             raise self._failure(1, exc.__cause__) from None
+        batch = batch_trace[0] if batch_trace else None
         if timing:
             self._last_batch_size = 1
-            self._ran(1, 0.0, timing[0])
-        return value, BatchResult(None, 0.0, timing[0] * 1000.0 if timing else 0.0, 1)
+            self._ran(1, 0.0, timing[0], batch)
+        return value, BatchResult(None, 0.0, timing[0] * 1000.0 if timing else 0.0, 1, batch)
+
+    def _trace_alone(
+        self, parent: tracing.Context | None, span_ns: list[int], error: BaseException | None
+    ) -> tracing.SpanContext | None:
+        """The batch span of a lone run (on the model thread, as the run ends)."""
+        if parent is None:
+            return None
+        return tracing.batch_span(
+            self.name,
+            self._trace_attributes,
+            [None],
+            span_ns[0],
+            tracing.now_ns(),
+            error=error,
+            parent=parent,
+        )
 
     def _lone_run_done(self, future: asyncio.Future[Any]) -> None:
         self._active -= 1
@@ -348,6 +400,7 @@ class DynamicBatcher(Generic[In, Out]):
         self, batch: list[_Item[In, Out]], loop: asyncio.AbstractEventLoop, *, retry: bool = False
     ) -> None:
         started = loop.time()
+        started_ns = tracing.now_ns()
         self._last_batch_size = len(batch)
         try:
             outputs = await loop.run_in_executor(
@@ -358,6 +411,7 @@ class DynamicBatcher(Generic[In, Out]):
                     f"run_batch returned {len(outputs)} outputs for {len(batch)}"
                 )
         except Exception as exc:
+            self._trace(batch, started_ns, exc)
             if not retry:
                 self.stats.failed_batches += 1
             pending = [item for item in batch if not item.future.done()]
@@ -380,6 +434,7 @@ class DynamicBatcher(Generic[In, Out]):
                     item.future.set_exception(error)
             return
         inference_s = loop.time() - started
+        trace = self._trace(batch, started_ns, None)
         queue_s = 0.0
         for item, output in zip(batch, outputs, strict=True):
             queue_s += started - item.enqueued
@@ -390,16 +445,42 @@ class DynamicBatcher(Generic[In, Out]):
                         (started - item.enqueued) * 1000.0,
                         inference_s * 1000.0,
                         len(batch),
+                        trace,
                     )
                 )
-        self._ran(len(batch), queue_s / len(batch), inference_s)
+        self._ran(len(batch), queue_s / len(batch), inference_s, trace)
 
-    def _ran(self, size: int, mean_queue_s: float, inference_s: float) -> None:
-        """Count a batch that ran, and tell the observer."""
+    def _trace(
+        self, batch: list[_Item[In, Out]], started_ns: int, error: BaseException | None
+    ) -> tracing.SpanContext | None:
+        """The batch run's span, linked to the span of each request in it that is traced."""
+        return tracing.batch_span(
+            self.name,
+            self._trace_attributes,
+            [item.trace for item in batch],
+            started_ns,
+            tracing.now_ns(),
+            error=error,
+        )
+
+    def _ran(
+        self,
+        size: int,
+        mean_queue_s: float,
+        inference_s: float,
+        trace: tracing.SpanContext | None = None,
+    ) -> None:
+        """Count a batch that ran, and tell the observer (with the batch span current, so that
+        the metrics' exemplars point to it)."""
         self.stats.batches += 1
         self.stats.items += size
         self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
-        if self._observer is not None:
+        if self._observer is None:
+            return
+        if trace is None:
+            self._observer(size, mean_queue_s, inference_s)
+            return
+        with tracing.using(trace):
             self._observer(size, mean_queue_s, inference_s)
 
     def _failure(self, size: int, exc: BaseException | None) -> ServiceError:

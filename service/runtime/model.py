@@ -151,6 +151,11 @@ def build_model(
         max_delay_ms=config.batching.max_delay_ms,
         max_queue_size=config.batching.max_queue_size,
         observer=observer,
+        trace_attributes={
+            "ortserve.model": name,
+            "ortserve.model.version": version,
+            "ortserve.provider": session.provider,
+        },
     )
     log.info(
         "model %s version %d: %s/%s on %s, max_batch_size=%d",

@@ -24,8 +24,8 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("folder", "forbidden"),
     [
-        ("tasks", {"fastapi", "starlette", "onnxruntime", "torch"}),
-        ("runtime", {"fastapi", "starlette", "torch"}),
+        ("tasks", {"fastapi", "starlette", "onnxruntime", "torch", "opentelemetry"}),
+        ("runtime", {"fastapi", "starlette", "torch", "opentelemetry"}),
         (".", {"torch", "torchvision", "transformers"}),
     ],
 )
@@ -38,6 +38,12 @@ def test_layers_do_not_import_what_they_must_not(folder: str, forbidden: set[str
 def test_only_the_session_module_imports_onnxruntime() -> None:
     users = {p.name for p in SERVICE.rglob("*.py") if "onnxruntime" in imported_modules(p)}
     assert users == {"session.py"}
+
+
+def test_only_the_tracing_module_imports_opentelemetry() -> None:
+    """The otel extra is optional: everything else calls service.tracing, which works without."""
+    users = {p.name for p in SERVICE.rglob("*.py") if "opentelemetry" in imported_modules(p)}
+    assert users == {"tracing.py"}
 
 
 ROOT = SERVICE.parent
@@ -103,7 +109,9 @@ SERVICE_LAYERS = {
         "service.runtime_config",
         "service.errors",
         "service.settings",
+        "service.tracing",  # the batch spans; it imports nothing of the service's
     },
+    "service.tracing": {"service.tracing", "service.settings"},
 }
 
 

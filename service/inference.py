@@ -307,22 +307,23 @@ class Inference:
             seen = await self._stage(name, "detect", detector, budget, stages, detecting)
             started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
             self._check_deadline(name, "crop", budget)
-            plans = [
-                plan_crops(
-                    s.result.detections,
-                    s.result.width,
-                    s.result.height,
-                    padding=crop.padding,
-                    min_size=crop.min_size,
-                    max_crops=crop.max_crops,
-                )
-                for s in seen
-            ]
-            crops = [
-                Crop(s.picture, box)
-                for s, plan in zip(seen, plans, strict=True)
-                for box in plan.crops
-            ]
+            with tracing.span("stage crop", {"ortserve.pipeline": name, "ortserve.stage": "crop"}):
+                plans = [
+                    plan_crops(
+                        s.result.detections,
+                        s.result.width,
+                        s.result.height,
+                        padding=crop.padding,
+                        min_size=crop.min_size,
+                        max_crops=crop.max_crops,
+                    )
+                    for s in seen
+                ]
+                crops = [
+                    Crop(s.picture, box)
+                    for s, plan in zip(seen, plans, strict=True)
+                    for box in plan.crops
+                ]
             crop_ms = (time.perf_counter() - started) * 1000.0
             stages.append(StageRun("crop", None, None, crop_ms, items=len(crops)))
             top_k = per_crop.top_k if options.top_k is None else options.top_k
@@ -374,14 +375,24 @@ class Inference:
         self._check_deadline(pipeline, stage, budget)
         started = time.perf_counter()
         own = Budget(budget.deadline, budget.is_disconnected)
-        try:
-            value = await work(own)
-        except ServiceError as exc:
-            raise in_stage(exc, pipeline, stage, model.name) from None
-        except Exception as exc:  # a bug in a stage: logged here with its stage, never sent
-            log.error("pipeline %s: stage %s failed", pipeline, stage, exc_info=exc)
-            failed = InferenceFailedError("the stage failed; quote this request_id to the operator")
-            raise in_stage(failed, pipeline, stage, model.name) from None
+        attributes: dict[str, str | int] = {
+            "ortserve.pipeline": pipeline,
+            "ortserve.stage": stage,
+            "ortserve.model": model.name,
+            "ortserve.model.version": model.version,
+        }
+        # the stage's prepare / queue / finish spans are its children; its batches link to it
+        with tracing.span(f"stage {stage}", attributes):
+            try:
+                value = await work(own)
+            except ServiceError as exc:
+                raise in_stage(exc, pipeline, stage, model.name) from None
+            except Exception as exc:  # a bug in a stage: logged here with its stage, never sent
+                log.error("pipeline %s: stage %s failed", pipeline, stage, exc_info=exc)
+                failed = InferenceFailedError(
+                    "the stage failed; quote this request_id to the operator"
+                )
+                raise in_stage(failed, pipeline, stage, model.name) from None
         stages.append(
             StageRun(
                 stage,

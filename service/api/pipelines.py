@@ -67,8 +67,11 @@ async def run_pipeline(
     inference = inference_of(request)
     run = await inference.pipeline(name, images, options, budget)
     if params.render:
-        picture = await inference.in_pool(
-            render.pipeline_picture, run.pictures[0].image, run.images[0], params.render_format
+        picture = await inference.render(
+            lambda: render.pipeline_picture(
+                run.pictures[0].image, run.images[0], params.render_format
+            ),
+            params.render_format,
         )
         response = Response(picture, media_type=render.MEDIA_TYPES[params.render_format])
         stage_headers(response, run)

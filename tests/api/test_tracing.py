@@ -180,3 +180,20 @@ def test_the_scrape_has_the_scaling_signals_and_exemplars_in_openmetrics(
         for line in scrape.text.splitlines()
     )
     assert scrape.text.rstrip().endswith("# EOF")
+
+
+def test_each_pipeline_stage_is_a_span_over_its_models_spans(
+    traced_client: TestClient, exported: InMemorySpanExporter
+) -> None:
+    arr = solid((0, 0, 0), 64, 64)
+    arr[:32, :32] = (255, 0, 0)
+    response = traced_client.post("/pipelines/tiny-pipeline", json={"images": [b64(png(arr))]})
+    assert response.status_code == 200, response.text
+    spans = exported.get_finished_spans()
+    (server,) = by_name(spans, "POST /pipelines/{name}")
+    assert children(spans, server) == ["stage classify", "stage crop", "stage detect"]
+    (detect,) = by_name(spans, "stage detect")
+    assert detect.attributes is not None and detect.attributes["ortserve.model"] == "tiny-yolo"
+    assert "batch tiny-yolo" in children(spans, detect)  # the lone image ran on an idle model
+    (classify,) = by_name(spans, "stage classify")
+    assert "batch tiny-classifier" in children(spans, classify)

@@ -2,13 +2,19 @@
 // works when the service sits behind a path prefix.
 "use strict";
 
-const IMAGE_TASKS = new Set(["classify", "detect", "segment"]);
-const RENDERED_TASKS = new Set(["detect", "segment"]);
+const IMAGE_TASKS = new Set(["classify", "detect", "segment", "pipeline"]);
+const RENDERED_TASKS = new Set(["detect", "segment", "pipeline"]);
 const TIMING_HEADERS = [
   ["x-total-time-ms", "total", "ms"],
   ["x-queue-time-ms", "queue", "ms"],
   ["x-inference-time-ms", "inference (batch)", "ms"],
   ["x-batch-size", "batch size", ""],
+  // pipelines: one time per stage
+  ["x-detect-time-ms", "detect stage", "ms"],
+  ["x-crop-time-ms", "crop stage", "ms"],
+  ["x-classify-time-ms", "classify stage", "ms"],
+  ["x-crops", "crops classified", ""],
+  ["x-classify-batch-size", "classifier batch size", ""],
   ["x-request-id", "request id", ""],
 ];
 
@@ -216,21 +222,27 @@ function similarityTable(texts, embeddings) {
 }
 
 // -- running ------------------------------------------------------------------------------
+// a pipeline is named in the path; its own config names its models and settings
+function imagePath(task) {
+  return task === "pipeline" ? `pipelines/${encodeURIComponent($("model").value)}` : task;
+}
+
 function imageForm(task, render) {
   const form = new FormData();
   form.append("file", state.file, state.file.name || "image");
   const model = $("model").value;
-  if (model) form.append("model", model);
+  if (model && task !== "pipeline") form.append("model", model);
   if (task === "classify") form.append("top_k", $("top-k").value);
-  if (RENDERED_TASKS.has(task)) form.append("confidence", $("confidence").value);
+  if (RENDERED_TASKS.has(task) && task !== "pipeline") form.append("confidence", $("confidence").value);
   if (render) form.append("render", "true");
   return form;
 }
 
 async function runImage(task) {
   if (!state.file) throw new Error("choose or drop an image first");
+  if (task === "pipeline" && !$("model").value) throw new Error("no pipeline to run");
   const post = (render) =>
-    fetch(task, { method: "POST", body: imageForm(task, render), headers: authHeaders() });
+    fetch(imagePath(task), { method: "POST", body: imageForm(task, render), headers: authHeaders() });
   // JSON and picture in parallel: the batcher may even run them together
   const [json, picture] = await Promise.all([
     post(false),

@@ -130,6 +130,26 @@ def test_uploading_an_image_shows_the_rendered_result_json_and_timings(
     screenshot(page, f"demo-{task}-{model}.png")
 
 
+def test_a_pipeline_shows_the_picture_with_both_labels_and_stage_timings(
+    page: Any, tmp_path: Path
+) -> None:
+    page.select_option("#task", "pipeline")
+    assert page.eval_on_selector("#model", "s => s.value") == "tiny-pipeline"
+    page.set_input_files("#file", str(shapes_image(tmp_path / "shapes.png")))
+    page.wait_for_function(RENDERED, timeout=20_000)
+    assert page.text_content("#status") == "done"
+    assert page.eval_on_selector("#rendered", "img => [img.naturalWidth, img.naturalHeight]") == [
+        320,
+        240,
+    ]
+    json = page.text_content("#json")
+    assert '"model": "tiny-pipeline"' in json
+    assert '"classification"' in json
+    timings = page.text_content("#timings")
+    assert "detect stage" in timings and "classify stage" in timings
+    screenshot(page, "demo-pipeline.png")
+
+
 def test_classify_shows_the_image_with_ranked_predictions(page: Any, tmp_path: Path) -> None:
     page.select_option("#task", "classify")
     page.set_input_files("#file", str(shapes_image(tmp_path / "shapes.png")))

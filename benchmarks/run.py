@@ -7,12 +7,15 @@ For each scenario (model + request shape), in one run on one machine:
    most a server could serve on this machine before any HTTP;
 2. ortserve (``python -m service``) under closed-loop HTTP load from a separate load-generator
    process (``benchmarks.loadgen``) at several concurrencies;
-3. the naive baseline (``benchmarks.naive``: ``session.run`` per request, no batcher), same load.
+3. the naive baseline (``benchmarks.naive``: ``session.run`` per request, no batcher), same load;
+4. the pipeline scenario (``benchmarks.pipeline``, when the repository has ``detect-classify``):
+   images/s of ``POST /pipelines/detect-classify`` against the client-side alternative (/detect,
+   crop here, /classify the crops) at ``--pipeline-concurrency``, in the same rounds.
 Then memory: server RSS right after startup (models loaded, no traffic), after the load above,
 and after 1,000 and after 20,000 more mixed requests.
 
     python -m benchmarks.run [--models models] [--duration-s 8] [--concurrency 1,8,32,64]
-                             [--repeat 3] [--only embed,classify] [--memory-requests 20000]
+                             [--repeat 3] [--only embed,classify,pipeline] [--memory-requests 20000]
 
 The measurements are interleaved in ``--repeat`` rounds: each round measures every scenario's
 limit, then ortserve and the naive server at each concurrency, alternating which goes first. A
@@ -27,6 +30,7 @@ Prints one table and writes JSON (+ a PNG plot when matplotlib is installed) und
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import os
 import queue
@@ -41,6 +45,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks import pipeline
 from benchmarks.harness import (
     ROOT,
     load_measured,
@@ -241,6 +246,12 @@ def main() -> None:
     )
     parser.add_argument("--memory-requests", type=int, default=20_000)
     parser.add_argument(
+        "--pipeline-concurrency",
+        type=int,
+        default=8,
+        help="the pipeline scenario's concurrency (both ways)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=3,
@@ -253,7 +264,11 @@ def main() -> None:
     chosen = scenarios(args.models)
     if args.only:
         chosen = [s for s in chosen if s.name in args.only.split(",")]
-    if not chosen:
+    piped = (not args.only or "pipeline" in args.only.split(",")) and pipeline.available(
+        args.models
+    )
+    pipeline_rounds: list[dict[str, dict[str, Any]]] = []
+    if not chosen and not piped:
         raise SystemExit(f"no default models in {args.models}: run `make models` first")
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()},
@@ -289,7 +304,18 @@ def main() -> None:
                                 url + sc.path, sc.bodies, c, args.duration_s / args.repeat, proc.pid
                             )
                         )
-        if args.memory_requests:
+            if piped:
+                print(f"[round {r + 1}/{args.repeat}] pipeline", flush=True)
+                first = "server_side" if r % 2 == 0 else "client_side"
+                seconds = args.duration_s / args.repeat
+                pipeline_rounds.append(
+                    asyncio.run(
+                        pipeline.measure(
+                            ortserve[0], args.models, args.pipeline_concurrency, seconds, first
+                        )
+                    )
+                )
+        if args.memory_requests and chosen:
             print(f"[memory] {args.memory_requests} requests", flush=True)
             url, proc = ortserve
             report["memory"] = {
@@ -337,10 +363,14 @@ def main() -> None:
             }
             for c in levels
         ]
-    table = render(report, chosen)
+    table = render(report, chosen) if chosen else ""
+    if pipeline_rounds:
+        report["pipeline"] = pipeline.summary(pipeline_rounds)
+        table = "\n\n".join(t for t in (table, pipeline.render(report["pipeline"])) if t)
     print(table)
     saved = save_results(args.out, "bench", report, table)
-    plot(report, saved.with_suffix(".png"))
+    if chosen:
+        plot(report, saved.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from training.shapes import Sample, generate
+from training.shapes import VARIED_BACKGROUNDS, Sample, generate
 
 log = logging.getLogger("training")
 
@@ -47,6 +48,29 @@ class Progress:
 def samples(count: int, seed: int) -> list[Sample]:
     """``count`` generated images; training pools use seeds far below the held-out ones."""
     return [generate(seed * 7919 + i) for i in range(count)]
+
+
+SMALL_EVERY = 5
+
+
+def varied_samples(count: int, seed: int, scale: float = 1.0) -> Iterator[Sample]:
+    """``count`` generated images on ``VARIED_BACKGROUNDS``, one at a time (a pool of them is
+    letterboxed as it is drawn, not held at full resolution). Every ``SMALL_EVERY``-th image is
+    96–320 px a side instead of 320–640, its shapes up to 0.8 of its shorter side: the letterbox
+    enlarges it, so they reach 1.3× the largest shapes otherwise (a small picture of one big
+    shape is a common request).
+
+    ``scale`` scales those side lengths but not the shapes' sizes: letterboxed to ``scale`` times
+    the model input, the shapes come out at the sizes they have in the full-size input."""
+    for i in range(count):
+        small = i % SMALL_EVERY == 0
+        yield generate(
+            seed * 7919 + i,
+            min_size=round((96 if small else 320) * scale),
+            max_size=round((320 if small else 640) * scale),
+            backgrounds=VARIED_BACKGROUNDS,
+            max_fill=0.8 if small else 0.6,
+        )
 
 
 def dihedral(

@@ -8,8 +8,10 @@ square input (the shapes have no preferred orientation), with the targets moved 
 
 from __future__ import annotations
 
+import copy
+import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,10 @@ from export.segmentation import export_unet_model
 from export.verify import check_parity
 from service.model_config import ImagePreprocessing
 from service.tasks.imaging import DecodedImage, input_tensor
-from training.common import Progress, dihedral, one_cycle, samples, save_checkpoint
+from training.common import Progress, dihedral, one_cycle, samples, save_checkpoint, varied_samples
 from training.maskrcnn import train_maskrcnn
 from training.models import MobileUNet, ShapesYolo
-from training.shapes import CLASSES, SEMANTIC_LABELS, Sample
+from training.shapes import CLASSES, SEMANTIC_LABELS, VARIED_BACKGROUNDS, Sample
 
 PAD_VALUE = 114  # letterbox border, as Ultralytics pads
 
@@ -44,29 +46,35 @@ class Letterboxed:
     semantic: np.ndarray
 
 
-def letterbox_pool(pool: list[Sample], size: int) -> Letterboxed:
+def letterbox_pool(pool: Iterable[Sample], size: int) -> Letterboxed:
+    """Each sample as the server would letterbox it (a generator is consumed one at a time)."""
     # scale 1: the tensor holds the exact resized pixel values, kept as uint8 to save memory
     spec = ImagePreprocessing(
         resize="letterbox", width=size, height=size, pad_value=PAD_VALUE, scale=1.0
     )
-    images = np.empty((len(pool), size, size, 3), np.uint8)
-    semantic = np.zeros((len(pool), size, size), np.uint8)
-    boxes, classes = [], []
-    for i, sample in enumerate(pool):
+    images, semantic, boxes, classes = [], [], [], []
+    for sample in pool:
         h, w = sample.semantic.shape
         tensor, geo = input_tensor(DecodedImage(Image.fromarray(sample.image), w, h), spec)
-        images[i] = tensor.transpose(1, 2, 0).astype(np.uint8)
+        images.append(tensor.transpose(1, 2, 0).astype(np.uint8))
         # the label map goes through the same geometry (nearest; padding is background)
         new_w, new_h = round(w * geo.scale_x), round(h * geo.scale_y)
         left, top = int(geo.pad_x), int(geo.pad_y)
         resized = Image.fromarray(sample.semantic).resize((new_w, new_h), Image.Resampling.NEAREST)
-        semantic[i, top : top + new_h, left : left + new_w] = np.asarray(resized)
+        label_map = np.zeros((size, size), np.uint8)
+        label_map[top : top + new_h, left : left + new_w] = np.asarray(resized)
+        semantic.append(label_map)
         b = sample.boxes.copy()
         b[:, [0, 2]] = b[:, [0, 2]] * geo.scale_x + geo.pad_x
         b[:, [1, 3]] = b[:, [1, 3]] * geo.scale_y + geo.pad_y
         boxes.append(b)
         classes.append(sample.classes)
-    return Letterboxed(images, boxes, classes, semantic)
+    return Letterboxed(
+        np.stack(images).reshape(-1, size, size, 3),
+        boxes,
+        classes,
+        np.stack(semantic).reshape(-1, size, size),
+    )
 
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -152,6 +160,7 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # -- YOLO-style detector ------------------------------------------------------------------------
 YOLO_SIZE = 352
+TRAIN_SIZE = 256  # a multiple of the largest stride, 32
 # Object sizes (longer box side, input pixels) each level learns; the ranges overlap so that
 # objects near a boundary are learnt by both levels.
 LEVEL_RANGES = ((0.0, 64.0), (48.0, 128.0), (96.0, 1e9))
@@ -235,16 +244,28 @@ def yolo_loss(
 def train_yolo(
     out: Path,
     *,
-    steps: int = 800,
+    steps: int = 1700,
     batch: int = 8,
-    images: int = 600,
+    images: int = 1000,
     seed: int = 0,
     checkpoint: Path | None = None,
+    ema_decay: float = 0.995,
 ) -> dict[str, Any]:
+    """The detector on ``varied_samples``: a pool of ``images`` on varied backgrounds (one in
+    five of them small, for large objects), ``steps`` batches drawn from it.
+
+    The varied backgrounds need about twice the image passes the plain ones did (800 × 8 left
+    held-out precision at 0.65). They cost about 1.2× the former training time: the pool is
+    drawn at ``TRAIN_SIZE`` (the fully convolutional model does not care) from pictures smaller
+    by the same factor, so each shape keeps the size in input pixels it has when served at
+    ``YOLO_SIZE`` while an image costs half; channels-last tensors (oneDNN's faster convolution
+    layout); and the exported weights are an average over the last few hundred steps
+    (``ema_decay``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    pool = letterbox_pool(samples(images, seed=3), YOLO_SIZE)
-    model = ShapesYolo(classes=len(CLASSES))
+    pool = letterbox_pool(varied_samples(images, seed=3, scale=TRAIN_SIZE / YOLO_SIZE), TRAIN_SIZE)
+    model = ShapesYolo(classes=len(CLASSES)).to(memory_format=torch.channels_last)
+    ema = WeightAverage(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     sched = one_cycle(opt, 3e-3, steps)
     progress = Progress("shapes-yolo", steps)
@@ -259,16 +280,47 @@ def train_yolo(
             xs.append(image)
             bs.append(b)
             cs.append(pool.classes[i])
-        loss = yolo_loss(model, model.raw(to_tensor(xs)), yolo_targets(bs, cs, YOLO_SIZE))
+        x = to_tensor(xs).contiguous(memory_format=torch.channels_last)
+        loss = yolo_loss(model, model.raw(x), yolo_targets(bs, cs, TRAIN_SIZE))
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         sched.step()
+        ema.update(model, step)
         progress.step(step, loss.item())
-    model.eval()
-    save_checkpoint(checkpoint, model, arch="shapes-yolo", labels=CLASSES, steps=steps, seed=seed)
+    model = ema.model.to(memory_format=torch.contiguous_format).eval()
+    save_checkpoint(
+        checkpoint,
+        model,
+        arch="shapes-yolo",
+        labels=CLASSES,
+        steps=steps,
+        seed=seed,
+        backgrounds=list(VARIED_BACKGROUNDS),
+    )
     return export_shapes_yolo(model, out, steps=steps, seed=seed)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics, with the
+    decay ramped up from 0 over the first steps (early weights are soon forgotten)."""
+
+    def __init__(self, model: ShapesYolo, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: ShapesYolo, step: int) -> None:
+        d = self.decay * (1 - math.exp(-step / 100))
+        live = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(live[name].detach(), alpha=1 - d)
+            else:
+                value.copy_(live[name])
 
 
 def export_shapes_yolo(model: ShapesYolo, out: Path, *, steps: int, seed: int) -> dict[str, Any]:
@@ -302,7 +354,7 @@ def export_shapes_yolo(model: ShapesYolo, out: Path, *, steps: int, seed: int) -
             "input_size": [YOLO_SIZE, YOLO_SIZE],
             "source": {
                 "architecture": "shapes-yolo (anchor-free, strides 8/16/32)",
-                "weights": f"trained: shapes, {steps} steps, seed {seed}",
+                "weights": f"trained: shapes on varied backgrounds, {steps} steps, seed {seed}",
             },
             "opset": 17,
         },

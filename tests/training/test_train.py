@@ -10,8 +10,11 @@ import pytest
 
 pytest.importorskip("torch")
 
+import torch
+
 from service.model_config import load_model_config
 from training.common import dihedral
+from training.models import vote_classes
 from training.shapes import generate
 from training.train import (
     LEVEL_RANGES,
@@ -74,6 +77,17 @@ def test_objects_are_assigned_to_the_levels_that_fit_their_size() -> None:
             box = boxes[cls_id - 1]
             ys, xs = np.nonzero(cells)
             assert (box == level.boxes[0][:, ys, xs].numpy().T).all()
+
+
+def test_an_objects_cells_vote_on_its_class_and_keep_their_own_foreground() -> None:
+    probs = torch.zeros(1, 3, 5, 5)  # circle, square, triangle over a 5×5 grid
+    probs[0, 0, 1:4, 1:4], probs[0, 1, 1:4, 1:4] = 0.8, 0.1  # a circle on 3×3 cells ...
+    probs[0, 0, 2, 2], probs[0, 1, 2, 2] = 0.3, 0.6  # ... whose centre cell leans to square
+    voted = vote_classes(probs)
+    torch.testing.assert_close(voted.sum(1), probs.sum(1))  # each cell keeps its foreground
+    assert int(voted[0, :, 2, 2].argmax()) == 0
+    assert float(voted[0, 1].max()) < 0.25  # no square above the default confidence
+    assert float(voted[0, :, 0].abs().max()) == 0.0  # background stays background
 
 
 @pytest.mark.export

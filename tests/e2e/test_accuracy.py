@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.support.server import REPO_ROOT, Server, running_server
+from tests.support.server import MODELS, Server, running_server
 from training.evaluate import evaluate_detection, evaluate_instance, evaluate_semantic
-
-MODELS = REPO_ROOT / "models"
 
 
 def need(name: str) -> pytest.MarkDecorator:

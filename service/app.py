@@ -119,7 +119,7 @@ def _summary(details: list[dict[str, object]]) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
-    metrics = Metrics()
+    metrics = Metrics(settings.request_timeout_s)
     # OTEL_* only; off (and free) unless an exporter is configured and the otel extra installed
     traced = tracing.setup(OtelSettings(), __version__)
 

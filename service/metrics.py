@@ -96,9 +96,15 @@ class ServingLoad:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, request_timeout_s: float = 30.0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # what the queue-age alert compares with (deploy/prometheus/alerts.yml)
+        Gauge(
+            "ortserve_request_timeout_seconds",
+            "The default request deadline (ORTSERVE_REQUEST_TIMEOUT_S).",
+            registry=r,
+        ).set(request_timeout_s)
         self.requests = Counter(
             "ortserve_requests",
             "HTTP requests by endpoint, model and status.",

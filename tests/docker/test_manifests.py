@@ -278,12 +278,98 @@ def test_kubernetes_manifests_pass_the_api_schema(version: str) -> None:
     version = kubernetes_validate.latest_version() if version == "latest" else version
     kinds = set()
     for name, doc in k8s_documents():
+        if doc["apiVersion"].startswith(KEDA):
+            continue  # a custom resource: test_keda_scaled_objects_pass_the_crd_schema
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as error:
             pytest.fail(f"{name} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): {error}")
         kinds.add(doc["kind"])
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler"} <= kinds
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"} <= kinds
+
+
+KEDA = "keda.sh/"
+
+
+def _unknown_fields(given: Any, kept: Any, path: str = "$") -> list[str]:
+    """Fields of ``given`` that a model validation dropped (pydantic ignores unknown ones)."""
+    if isinstance(given, dict):
+        lost = [f"{path}.{key}" for key in given if not isinstance(kept, dict) or key not in kept]
+        for key in given:
+            if isinstance(kept, dict) and key in kept:
+                lost += _unknown_fields(given[key], kept[key], f"{path}.{key}")
+        return lost
+    if isinstance(given, list) and isinstance(kept, list):
+        return [
+            f
+            for i, (g, k) in enumerate(zip(given, kept, strict=False))
+            for f in _unknown_fields(g, k, f"{path}[{i}]")
+        ]
+    return []
+
+
+def test_keda_scaled_objects_pass_the_crd_schema() -> None:
+    """KEDA's ScaledObject, strictly: cloudcoil-models-keda's types are generated from KEDA's CRD
+    schema; a field they do not know is an error here, as kubectl's strict validation makes it."""
+    keda = pytest.importorskip(
+        "cloudcoil.models.keda.v1alpha1", reason="pip install cloudcoil-models-keda"
+    )
+    scaled = [(n, d) for n, d in k8s_documents() if d["apiVersion"].startswith(KEDA)]
+    assert {d["kind"] for _, d in scaled} == {"ScaledObject"}
+    deployments = {d["metadata"]["name"] for _, d in k8s_documents() if d["kind"] == "Deployment"}
+    targets = set()
+    for name, doc in scaled:
+        model = keda.ScaledObject.model_validate(doc)
+        kept = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        assert not _unknown_fields(doc, kept), (
+            f"{name}: unknown fields {_unknown_fields(doc, kept)}"
+        )
+        targets.add(doc["spec"]["scaleTargetRef"]["name"])
+        for trigger in doc["spec"]["triggers"]:
+            assert trigger["type"] == "prometheus", name
+            assert "ortserve_model_inflight_requests" in trigger["metadata"]["query"], name
+            float(trigger["metadata"]["threshold"])
+    assert targets == deployments, "a ScaledObject for each Deployment, CPU and GPU"
+
+
+# prometheus-adapter's configuration keys (its docs/config.md: DiscoveryRule and its parts)
+_ADAPTER_RULE = {"seriesQuery", "seriesFilters", "resources", "name", "metricsQuery"}
+_ADAPTER_PARTS = {
+    "resources": {"overrides", "template", "namespaced"},
+    "name": {"matches", "as"},
+}
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    (config,) = [
+        doc
+        for _, doc in k8s_documents()
+        if doc["kind"] == "ConfigMap" and "adapter" in doc["metadata"]["name"]
+    ]
+    rules: list[dict[str, Any]] = yaml.safe_load(config["data"]["config.yaml"])["rules"]
+    return rules
+
+
+def test_the_hpas_scale_on_metrics_the_adapter_rules_serve() -> None:
+    rules = adapter_rules()
+    served = set()
+    for rule in rules:
+        assert set(rule) <= _ADAPTER_RULE and {"seriesQuery", "metricsQuery"} <= set(rule), rule
+        for part, keys in _ADAPTER_PARTS.items():
+            assert set(rule.get(part, {})) <= keys, (part, rule)
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        assert re.fullmatch(rule["name"]["matches"], rule["seriesQuery"].split("{")[0])
+        assert (
+            "<<.Series>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
+        )
+        served.add(rule["name"]["as"])
+    hpas = [d for _, d in k8s_documents() if d["kind"] == "HorizontalPodAutoscaler"]
+    deployments = {d["metadata"]["name"] for _, d in k8s_documents() if d["kind"] == "Deployment"}
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == deployments
+    for hpa in hpas:
+        for metric in hpa["spec"]["metrics"]:
+            assert metric["type"] == "Pods", "scale on requests in flight, not on CPU"
+            assert metric["pods"]["metric"]["name"] in served
 
 
 def test_kubernetes_probes_hit_the_service_health_routes() -> None:

@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-gpu soak clean-models
+.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-gpu bench-tracing soak clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ lint: install
 
 bench: models
 	$(PY) -m benchmarks.run --models $(MODELS)
+
+# What tracing costs: /embed at c=32 with tracing off, and on at sampling ratios 1.0 and 0.01
+# (OTLP/HTTP to a receiver in the benchmark), in alternated rounds (benchmarks/tracing.py)
+bench-tracing: models
+	$(PY) -m benchmarks.tracing --models $(MODELS) --only embed --ratios 1.0,0.01 --rounds 3 --concurrency 32
 
 # The GPU check: ResNet-50 /classify at concurrency 1 and 64, dynamic batching against batch-1
 # serving, the CUDA provider required (benchmarks/batching.py). onnxruntime-gpu cannot share a venv

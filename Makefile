@@ -42,12 +42,15 @@ test-fast: install
 # The unit and API tests once against the images' pinned serving dependencies (requirements/*.txt),
 # not the newest versions `make install` resolves; test tools on top, unpinned.
 PINNED_VENV ?= .venv-pinned
+OTEL_API := $(shell sed -n 's/^opentelemetry-api==//p' requirements/serve.txt)
 $(PINNED_VENV)/.installed: requirements/serve.txt requirements/cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(PINNED_VENV)
 	$(PINNED_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PINNED_VENV)/bin/python -m pip install -q --no-deps -r requirements/serve.txt -r requirements/cpu.txt
 	$(PINNED_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(PINNED_VENV)/bin/python -m pip install -q pytest pytest-asyncio pytest-timeout onnx httpx pycocotools
+	# the otel extra for the tracing tests, at the release of the images' opentelemetry-api
+	$(PINNED_VENV)/bin/python -m pip install -q $(foreach p,sdk exporter-otlp-proto-http,opentelemetry-$(p)==$(OTEL_API))
 	touch $@
 
 test-pinned: $(PINNED_VENV)/.installed

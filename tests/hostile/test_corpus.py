@@ -298,7 +298,8 @@ def test_after_the_corpus_the_server_answers_correctly_and_memory_is_back(
     assert client.get("/health/ready").status_code == 200
     models = client.get("/v1/models").json()["models"]
     assert all(m["status"] == "ready" for m in models)
-    assert all(m["batching"]["queue_depth"] == 0 for m in models)
+    # every model's queue drained (pipelines have none: their stages queue at their models)
+    assert all(m["batching"]["queue_depth"] == 0 for m in models if m["task"] != "pipeline")
     time.sleep(0.5)  # let the last responses' buffers be freed
     baseline = MEMORY["baseline_rss_mb"]
     now = proc_status_mb(server.process.pid, "VmRSS")

@@ -18,9 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_format
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import tracing
+from service.asgi import StatusRecorder
 from service.runtime.batcher import BatchObserver
 from service.runtime.registry import ModelRegistry
 
@@ -223,16 +224,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, recorder)
         finally:
             elapsed = time.perf_counter() - started
             # the matched route's template keeps labels bounded (/v2/models/{name}/infer)
@@ -241,6 +235,7 @@ class MetricsMiddleware:
                 scope["path"] if scope["path"] in KNOWN_PATHS else "other"
             )
             model = str(scope.get("state", {}).get("model", ""))
+            status = recorder.status
             self.metrics.requests.labels(path, model, str(status)).inc()
             self.metrics.latency.labels(path).observe(elapsed, tracing.exemplar())
             access_log.info(

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from service.asgi import StatusRecorder
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context as Context  # re-exported: a parent for span()
     from opentelemetry.sdk.trace import TracerProvider
@@ -347,16 +349,9 @@ class TracingMiddleware:
             },
         )
         token = otel_context.attach(otel_trace.set_span_in_context(server))
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, recorder)
         except BaseException as exc:
             if server.is_recording():
                 server.record_exception(exc)
@@ -368,6 +363,7 @@ class TracingMiddleware:
                 if route:
                     server.update_name(f"{method} {route}")
                     server.set_attribute("http.route", route)
+                status = recorder.status
                 server.set_attribute("http.response.status_code", status)
                 model = scope.get("state", {}).get("model")
                 if model:

@@ -111,7 +111,7 @@ SERVICE_LAYERS = {
         "service.settings",
         "service.tracing",  # the batch spans; it imports nothing of the service's
     },
-    "service.tracing": {"service.tracing", "service.settings"},
+    "service.tracing": {"service.tracing", "service.settings", "service.asgi"},
 }
 
 

@@ -94,9 +94,9 @@ class Seen(Generic[R]):
     picture: DecodedImage
 
 
-class WholeImage(Generic[P, R]):
-    """``stage``'s processor for a pipeline's first step: image bytes → (feeds, ``Framed``);
-    ``finish`` → ``Seen`` (the stage's result + the picture)."""
+class _StageAdapter(Generic[P, R]):
+    """What both pipeline adapters take from the vision stage they wrap: batching and whether
+    its finish runs inline."""
 
     bucket_by: str | None = None
 
@@ -106,6 +106,14 @@ class WholeImage(Generic[P, R]):
     @property
     def finish_inline(self) -> bool:
         return self.stage.finish_inline
+
+    def collate(self, items: Sequence[Feeds]) -> Feeds:
+        return self.stage.collate(items)
+
+
+class WholeImage(_StageAdapter[P, R]):
+    """``stage``'s processor for a pipeline's first step: image bytes → (feeds, ``Framed``);
+    ``finish`` → ``Seen`` (the stage's result + the picture)."""
 
     def prepare(self, raw: bytes) -> tuple[Feeds, Framed]:
         # full resolution (no draft decoding): the crops are cut from these pixels
@@ -119,9 +127,6 @@ class WholeImage(Generic[P, R]):
     def runs_alone(self, raw: bytes) -> bool:
         return len(raw) <= LONE_MAX_BYTES
 
-    def collate(self, items: Sequence[Feeds]) -> Feeds:
-        return self.stage.collate(items)
-
     def finish(self, outputs: Outputs, meta: Framed, params: P) -> Seen[R]:
         return Seen(self.stage.finish(outputs, meta.geometry, params), meta.picture)
 
@@ -134,18 +139,9 @@ class Crop:
     box: Box
 
 
-class CropInput(Generic[P, R]):
+class CropInput(_StageAdapter[P, R]):
     """``stage``'s processor for the per-crop step: ``Crop`` → the box's pixels prepared as the
     stage's model wants them (``float32[3,H,W]``); ``finish`` is the stage's own."""
-
-    bucket_by: str | None = None
-
-    def __init__(self, stage: ImageStage[P, R]) -> None:
-        self.stage = stage
-
-    @property
-    def finish_inline(self) -> bool:
-        return self.stage.finish_inline
 
     def prepare(self, raw: Crop) -> tuple[Feeds, Geometry]:
         return self.stage.image.from_decoded(crop_image(raw.picture, raw.box))
@@ -155,9 +151,6 @@ class CropInput(Generic[P, R]):
 
     def runs_alone(self, raw: Crop) -> bool:
         return True  # one crop's resize is short
-
-    def collate(self, items: Sequence[Feeds]) -> Feeds:
-        return self.stage.collate(items)
 
     def finish(self, outputs: Outputs, meta: Geometry, params: P) -> R:
         return self.stage.finish(outputs, meta, params)

@@ -1,9 +1,11 @@
 """Accuracy of the shapes models measured through the HTTP API on held-out generated images.
 
-    python -m training.evaluate --url http://127.0.0.1:8000 [--images 80]
+    python -m training.evaluate --url http://127.0.0.1:8000 [--images N] [--only detect]
 
-Detection mAP@0.5 and mAP@0.5:0.95 and instance mask mAP@0.5 come from pycocotools' COCOeval;
-semantic mean IoU from a confusion matrix over all pixels at original resolution.
+Detection mAP@0.5 and mAP@0.5:0.95 and instance mask mAP@0.5 and @0.5:0.95 come from pycocotools'
+COCOeval; semantic mean IoU from a confusion matrix over all pixels at original resolution. The
+scoring (``*_scores``: held-out samples + the API's JSON results → metrics) is separate from the
+HTTP calls (``evaluate_*``), so it is tested on its own (tests/training/test_evaluate.py).
 """
 
 from __future__ import annotations
@@ -95,15 +97,8 @@ def _gt(samples: list[Sample], with_masks: bool) -> dict[str, Any]:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def evaluate_detection(url: str, model: str = "shapes-yolo", images: int = 80) -> dict[str, float]:
-    samples = held_out(images)
-    with httpx.Client(base_url=url, timeout=120) as client:
-        results = _post(
-            client,
-            "/detect",
-            samples,
-            {"model": model, "confidence": "0.01", "max_detections": "100"},
-        )
+def detection_scores(samples: list[Sample], results: list[dict[str, Any]]) -> dict[str, float]:
+    """Box mAP@0.5 and mAP@0.5:0.95 of ``/detect`` results (the API's JSON, one per sample)."""
     dets = []
     for image_id, result in enumerate(results):
         for d in result["detections"]:
@@ -117,17 +112,18 @@ def evaluate_detection(url: str, model: str = "shapes-yolo", images: int = 80) -
                 }
             )
     map50, map5095 = _coco_eval(_gt(samples, with_masks=False), dets, "bbox")
-    return {"images": images, "map50": map50, "map50_95": map5095}
+    return {"images": len(samples), "map50": map50, "map50_95": map5095}
 
 
-def evaluate_semantic(url: str, model: str = "shapes-unet", images: int = 60) -> dict[str, Any]:
-    samples = held_out(images, offset=10_000)
-    with httpx.Client(base_url=url, timeout=120) as client:
-        results = _post(client, "/segment", samples, {"model": model})
+def semantic_scores(samples: list[Sample], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean IoU over background and the classes of ``/segment`` semantic results (a PNG label map
+    each), from one confusion matrix over all pixels at the original resolution."""
     k = len(SEMANTIC_LABELS)
     confusion = np.zeros((k, k), np.int64)
     for s, result in zip(samples, results, strict=True):
         pred = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["mask"]["data"]))))
+        if pred.shape != s.semantic.shape:
+            raise ValueError(f"mask {pred.shape} for an image of {s.semantic.shape}")
         confusion += np.bincount(
             s.semantic.ravel().astype(np.int64) * k + pred.ravel(), minlength=k * k
         ).reshape(k, k)
@@ -135,18 +131,14 @@ def evaluate_semantic(url: str, model: str = "shapes-unet", images: int = 60) ->
     union = confusion.sum(0) + confusion.sum(1) - inter
     iou = inter / np.maximum(union, 1)
     return {
-        "images": images,
+        "images": len(samples),
         "miou": float(iou.mean()),
         "iou": dict(zip(SEMANTIC_LABELS, iou.round(4).tolist(), strict=True)),
     }
 
 
-def evaluate_instance(
-    url: str, model: str = "shapes-maskrcnn", images: int = 40
-) -> dict[str, float]:
-    samples = held_out(images, offset=20_000)
-    with httpx.Client(base_url=url, timeout=300) as client:
-        results = _post(client, "/segment", samples, {"model": model, "confidence": "0.05"})
+def instance_scores(samples: list[Sample], results: list[dict[str, Any]]) -> dict[str, float]:
+    """Mask mAP@0.5 and mAP@0.5:0.95 of ``/segment`` instance results (COCO RLE masks)."""
     dets = []
     for image_id, result in enumerate(results):
         for inst in result["instances"]:
@@ -164,22 +156,63 @@ def evaluate_instance(
                 }
             )
     map50, map5095 = _coco_eval(_gt(samples, with_masks=True), dets, "segm")
-    return {"images": images, "mask_map50": map50, "mask_map50_95": map5095}
+    return {"images": len(samples), "mask_map50": map50, "mask_map50_95": map5095}
+
+
+# The image counts the published numbers (README, docs/detection-segmentation.md) are measured on
+DETECTION_IMAGES, SEMANTIC_IMAGES, INSTANCE_IMAGES = 80, 60, 40
+
+
+def evaluate_detection(
+    url: str, model: str = "shapes-yolo", images: int = DETECTION_IMAGES
+) -> dict[str, float]:
+    samples = held_out(images)
+    with httpx.Client(base_url=url, timeout=120) as client:
+        results = _post(
+            client,
+            "/detect",
+            samples,
+            {"model": model, "confidence": "0.01", "max_detections": "100"},
+        )
+    return detection_scores(samples, results)
+
+
+def evaluate_semantic(
+    url: str, model: str = "shapes-unet", images: int = SEMANTIC_IMAGES
+) -> dict[str, Any]:
+    samples = held_out(images, offset=10_000)
+    with httpx.Client(base_url=url, timeout=120) as client:
+        results = _post(client, "/segment", samples, {"model": model})
+    return semantic_scores(samples, results)
+
+
+def evaluate_instance(
+    url: str, model: str = "shapes-maskrcnn", images: int = INSTANCE_IMAGES
+) -> dict[str, float]:
+    samples = held_out(images, offset=20_000)
+    with httpx.Client(base_url=url, timeout=300) as client:
+        results = _post(client, "/segment", samples, {"model": model, "confidence": "0.05"})
+    return instance_scores(samples, results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--images", type=int, default=60)
+    parser.add_argument(
+        "--images",
+        type=int,
+        help=f"held-out images per model (default {DETECTION_IMAGES} detection, "
+        f"{SEMANTIC_IMAGES} semantic, {INSTANCE_IMAGES} instance)",
+    )
     parser.add_argument("--only", choices=["detect", "semantic", "instance"])
     args = parser.parse_args()
     report: dict[str, Any] = {}
     if args.only in (None, "detect"):
-        report["detect"] = evaluate_detection(args.url, images=args.images)
+        report["detect"] = evaluate_detection(args.url, images=args.images or DETECTION_IMAGES)
     if args.only in (None, "semantic"):
-        report["semantic"] = evaluate_semantic(args.url, images=args.images)
+        report["semantic"] = evaluate_semantic(args.url, images=args.images or SEMANTIC_IMAGES)
     if args.only in (None, "instance"):
-        report["instance"] = evaluate_instance(args.url, images=args.images)
+        report["instance"] = evaluate_instance(args.url, images=args.images or INSTANCE_IMAGES)
     print(json.dumps(report, indent=2))
 
 

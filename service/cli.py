@@ -239,7 +239,7 @@ def _table(rows: Sequence[ModelRow], validated: bool) -> str:
 )
 @click.option(
     "--providers",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(["auto", "cpu", "cuda", "openvino"]),
     default="cpu",
     show_default=True,
     help="Execution providers for --validate.",

@@ -62,10 +62,41 @@ class TensorRTProvider(_Options):
     builder_optimization_level: int | None = Field(default=None, ge=0, le=5)
 
 
+# what OpenVINO's ONNX Runtime provider accepts per device (it refuses the rest at session
+# creation, and ONNX Runtime then silently runs the model on CPU instead)
+OPENVINO_PRECISIONS = {"CPU": {"FP32", "ACCURACY"}, "NPU": {"FP16", "ACCURACY"}}
+
+
 class OpenVINOProvider(_Options):
+    """Needs ONNX Runtime's OpenVINO build (``make openvino``: its own venv, .venv-openvino)."""
+
     name: Literal["openvino"]
     device_type: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
-    precision: Literal["FP32", "FP16", "ACCURACY"] | None = None
+    precision: Literal["FP32", "FP16", "ACCURACY"] | None = Field(
+        default=None,
+        description="Inference precision; default FP32 on CPU, FP16 on GPU. ACCURACY: the model's "
+        "own precision. CPU takes FP32 or ACCURACY, NPU FP16 or ACCURACY.",
+    )
+    num_of_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="OpenVINO's CPU threads; default the CPU provider's intra_op_threads "
+        "(all cores when that is 0).",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Keep compiled models here (relative: to the model folder) for faster starts.",
+    )
+
+    @model_validator(mode="after")
+    def _precision_fits_the_device(self) -> OpenVINOProvider:
+        allowed = OPENVINO_PRECISIONS.get(self.device_type)
+        if self.precision is not None and allowed is not None and self.precision not in allowed:
+            raise ValueError(
+                f"precision {self.precision} is not available on OpenVINO's {self.device_type} "
+                f"device (it takes {', '.join(sorted(allowed))})"
+            )
+        return self
 
 
 ProviderSpec = Annotated[

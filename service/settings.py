@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORTSERVE_", extra="ignore")
 
     model_repository: Path = Field(default=Path("models"), description="Folder of model folders.")
-    providers: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="auto: CUDA when available, else CPU."
+    providers: Literal["auto", "cpu", "cuda", "openvino"] = Field(
+        default="auto",
+        description="auto: CUDA when available, else CPU; openvino needs onnxruntime-openvino.",
     )
     require_cuda: bool = Field(default=False, description="Refuse to start without CUDA.")
     intra_op_threads: int = Field(

@@ -17,8 +17,15 @@ from typing import TypeVar
 from service.errors import BadRequestError
 from service.model_config import ConfigError, ModelConfig
 from service.runtime.batcher import BatchObserver, BatchRunner, DynamicBatcher
-from service.runtime.session import OrtSession, Provider, SessionError, runtime_providers
+from service.runtime.session import (
+    OPENVINO,
+    OrtSession,
+    Provider,
+    SessionError,
+    runtime_providers,
+)
 from service.runtime.validate import validate_against_graph, warmup_feeds
+from service.runtime_config import OpenVINOProvider, RuntimeConfig
 from service.settings import Settings
 from service.tasks.base import Feeds, Outputs
 from service.tasks.factory import Processor, processor_for
@@ -83,6 +90,9 @@ def open_session(
     """The model's session: its ``runtime:`` block where it has one, else the global settings
     (``providers`` resolved from ORTSERVE_PROVIDERS)."""
     runtime = config.runtime
+    if runtime is None and OPENVINO in providers:
+        # ORTSERVE_PROVIDERS=openvino: the block's defaults, so it gets the same options
+        runtime = RuntimeConfig(providers=[OpenVINOProvider(name="openvino")])
     chosen: list[Provider] = list(providers)
     threads, spinning = settings.intra_op_threads, settings.ort_allow_spinning
     if runtime is not None:
@@ -96,6 +106,8 @@ def open_session(
             path,
             inputs=[(t.name, t.dims) for t in config.inputs],
             max_batch_size=config.batching.max_batch_size,
+            cpu_threads=threads,
+            model_name=config.name,
         )
     try:
         return OrtSession(

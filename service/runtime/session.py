@@ -1,7 +1,8 @@
 """OrtSession: the only module that imports onnxruntime.
 
-Providers are chosen in priority order (CUDA, then CPU); the providers really active after session
-creation are reported, because ONNX Runtime silently drops CUDA when its libraries fail to load.
+Providers are chosen in priority order (CUDA or OpenVINO, then CPU); the providers really active
+after session creation are reported, because ONNX Runtime silently drops a provider that fails to
+load (CUDA without its libraries, OpenVINO refusing an option).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ TENSORRT = "TensorrtExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 # a provider as ONNX Runtime takes it: its name, or its name with string options
 Provider = str | tuple[str, dict[str, str]]
-ProviderChoice = Literal["auto", "cpu", "cuda"]
+ProviderChoice = Literal["auto", "cpu", "cuda", "openvino"]
 CpuArena = Literal["shared", "per-model", "off"]
 
 # ONNX Runtime type strings → numpy dtype names used in model configs
@@ -123,6 +124,15 @@ def resolve_providers(choice: ProviderChoice, require_cuda: bool) -> list[str]:
     available = ort.get_available_providers()
     if choice == "cpu" and not require_cuda:
         return [CPU]
+    if choice == "openvino" and not require_cuda:
+        if OPENVINO in available:
+            return [OPENVINO, CPU]
+        log.warning(
+            "OpenVINO requested but this onnxruntime build has no %s (it is in "
+            "onnxruntime-openvino: make openvino); falling back to CPU",
+            OPENVINO,
+        )
+        return [CPU]
     if CUDA in available:
         return [CUDA, CPU]
     if require_cuda:
@@ -179,11 +189,15 @@ def runtime_providers(
     *,
     inputs: Sequence[tuple[str, Sequence[int]]],
     max_batch_size: int,
+    cpu_threads: int = 0,
     available: Sequence[str] | None = None,
+    model_name: str | None = None,
 ) -> list[Provider]:
     """The ``runtime:`` block → ONNX Runtime providers with options, in its order, CPU last.
     Providers this build lacks are skipped with a warning. TensorRT gets optimisation profiles
-    from batch 1 to ``max_batch_size`` (its engines are built at warm-up, at that batch)."""
+    from batch 1 to ``max_batch_size`` (its engines are built at warm-up, at that batch).
+    OpenVINO runs on its own threads: ``cpu_threads`` (the CPU provider's, 0 = all cores) is
+    its default count, so a thread setting holds whichever provider runs the model."""
     have = set(ort.get_available_providers() if available is None else available)
     out: list[Provider] = []
     for spec in runtime.providers:
@@ -228,8 +242,17 @@ def runtime_providers(
             name, options = OPENVINO, {"device_type": spec.device_type}
             if spec.precision is not None:
                 options["precision"] = spec.precision
+            threads = spec.num_of_threads or cpu_threads
+            if threads:
+                options["num_of_threads"] = str(threads)
+            if spec.cache_dir is not None:
+                options["cache_dir"] = str(model_path.parent / spec.cache_dir)
         if name not in have:
-            log.warning("%s: %s is not in this onnxruntime build; skipped", model_path.name, name)
+            log.warning(
+                "%s: %s is not in this onnxruntime build; skipped",
+                model_name or model_path.name,
+                name,
+            )
             continue
         out.append((name, options))
     out.append((CPU, {}))
@@ -286,9 +309,11 @@ class OrtSession:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
             raise SessionError(f"onnxruntime could not load {path.name}: {exc}") from exc
         self.providers: list[str] = list(self._session.get_providers())
-        # the options each active provider really runs with (ORT fills in its defaults)
+        # the options each active provider really runs with: what ORT reports (with its
+        # defaults filled in) over what was asked, since some providers (OpenVINO) report none
+        asked = {p[0]: p[1] for p in providers if not isinstance(p, str)}
         self.provider_options: dict[str, dict[str, str]] = {
-            name: {k: str(v) for k, v in opts.items()}
+            name: {**asked.get(name, {}), **{k: str(v) for k, v in opts.items()}}
             for name, opts in self._session.get_provider_options().items()
         }
         if require_cuda and CUDA not in self.providers:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.runtime import session
-from service.runtime.session import CPU, CUDA, SessionError, resolve_providers
+from service.runtime.session import CPU, CUDA, OPENVINO, SessionError, resolve_providers
 from tests.support.server import free_port
 from tests.support.tiny_models import TINY_DEFAULTS
 
@@ -47,11 +47,24 @@ def test_cuda_asked_of_a_cpu_build_falls_back_with_a_warning(
     assert caplog.text == ""  # auto on a CPU build is no surprise
 
 
+def test_openvino_is_asked_of_the_openvino_build_and_falls_back_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with_build(monkeypatch, [OPENVINO, CPU])
+    assert resolve_providers("openvino", require_cuda=False) == [OPENVINO, CPU]
+    assert resolve_providers("auto", require_cuda=False) == [CPU]  # auto means CUDA or CPU
+    with_build(monkeypatch, CPU_BUILD)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_providers("openvino", require_cuda=False) == [CPU]
+    assert "OpenVINO requested" in caplog.text and "make openvino" in caplog.text
+    assert "falling back to CPU" in caplog.text
+
+
 def test_require_cuda_on_a_cpu_build_is_an_error_naming_the_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with_build(monkeypatch, CPU_BUILD)
-    for choice in ("auto", "cuda", "cpu"):
+    for choice in ("auto", "cuda", "cpu", "openvino"):
         with pytest.raises(SessionError, match=r"require_cuda is set but .* no CUDA.*gpu extra"):
             resolve_providers(choice, require_cuda=True)  # type: ignore[arg-type]
 

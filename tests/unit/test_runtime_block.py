@@ -50,6 +50,11 @@ def with_runtime(folder: Path, runtime: Any) -> Path:
         ({"providers": [{"name": "cpu"}, {"name": "cpu"}]}, "listed more than once"),
         ({"providers": []}, "at least 1 item"),
         ({"provider": [{"name": "cpu"}]}, "Extra inputs are not permitted"),
+        (
+            {"providers": [{"name": "openvino", "precision": "FP16"}]},
+            "precision FP16 is not available on OpenVINO's CPU device (it takes ACCURACY, FP32)",
+        ),
+        ({"providers": [{"name": "openvino", "num_of_threads": 0}]}, "num_of_threads"),
     ],
 )
 def test_a_bad_runtime_block_is_refused_naming_the_model_and_field(
@@ -115,10 +120,42 @@ def test_each_provider_gets_its_onnxruntime_options_in_order_cpu_last(tmp_path: 
     assert cpu == {}
 
 
+def test_openvino_gets_the_cpu_thread_count_and_a_cache_in_the_model_folder(
+    tmp_path: Path,
+) -> None:
+    def openvino_options(spec: dict[str, Any], cpu_threads: int) -> object:
+        runtime = RuntimeConfig.model_validate({"providers": [{"name": "openvino", **spec}]})
+        got = runtime_providers(
+            runtime,
+            tmp_path / "model.onnx",
+            inputs=[("input", [3, 224, 224])],
+            max_batch_size=8,
+            cpu_threads=cpu_threads,
+            available=[OPENVINO, CPU],
+        )
+        assert [name for name, _ in got] == [OPENVINO, CPU]
+        return got[0][1]
+
+    # 0 threads (all cores) is OpenVINO's own default: nothing to pass
+    assert openvino_options({}, cpu_threads=0) == {"device_type": "CPU"}
+    assert openvino_options({"precision": "FP32"}, cpu_threads=2) == {
+        "device_type": "CPU",
+        "precision": "FP32",
+        "num_of_threads": "2",
+    }
+    assert openvino_options({"num_of_threads": 1, "cache_dir": ".ov-cache"}, cpu_threads=2) == {
+        "device_type": "CPU",
+        "num_of_threads": "1",
+        "cache_dir": str(tmp_path / ".ov-cache"),
+    }
+
+
 def test_providers_the_build_lacks_are_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runtime = RuntimeConfig.model_validate({"providers": [{"name": "tensorrt"}, {"name": "cuda"}]})
+    runtime = RuntimeConfig.model_validate(
+        {"providers": [{"name": "tensorrt"}, {"name": "cuda"}, {"name": "openvino"}]}
+    )
     with caplog.at_level(logging.WARNING):
         got = runtime_providers(
             runtime, tmp_path / "m.onnx", inputs=[("x", [3])], max_batch_size=4, available=[CPU]
@@ -126,6 +163,7 @@ def test_providers_the_build_lacks_are_skipped_with_a_warning(
     assert got == [(CPU, {})]
     assert f"{TENSORRT} is not in this onnxruntime build" in caplog.text
     assert f"{CUDA} is not in this onnxruntime build" in caplog.text
+    assert f"{OPENVINO} is not in this onnxruntime build" in caplog.text
 
 
 def test_the_engine_cache_key_changes_with_model_gpu_and_tensorrt(tmp_path: Path) -> None:

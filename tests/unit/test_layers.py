@@ -109,7 +109,7 @@ SERVICE_LAYERS = {
         "service.runtime_config",
         "service.errors",
         "service.settings",
-        "service.tracing",  # the batch spans; it imports nothing of the service's
+        "service.tracing",  # the batch spans; it imports only settings and asgi (below)
     },
     "service.tracing": {"service.tracing", "service.settings", "service.asgi"},
 }
@@ -124,6 +124,14 @@ def test_layers_import_only_downward(layer: str) -> None:
         for target in targets:
             owner = next((a for a in allowed if target == a or target.startswith(a + ".")), None)
             assert owner is not None, f"{module} imports {target}, above its layer"
+
+
+def test_the_layer_table_and_the_docstring_name_only_what_exists() -> None:
+    """A misspelt or removed module in the table would allow nothing and fail nothing."""
+    modules = set(_module_graph("service"))
+    for name in {*SERVICE_LAYERS, *(a for allowed in SERVICE_LAYERS.values() for a in allowed)}:
+        assert name in modules or any(m.startswith(name + ".") for m in modules), name
+    assert (ROOT / "docs" / "architecture.md").is_file()  # cited in the module docstring
 
 
 def test_inference_knows_nothing_of_http() -> None:

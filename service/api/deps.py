@@ -3,12 +3,12 @@ the timing headers. Everything past parsing happens in ``service.inference``."""
 
 from __future__ import annotations
 
-import base64
 import binascii
 import secrets
 from typing import Any, TypeVar
 
 import orjson
+import pybase64
 from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
@@ -20,7 +20,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
 )
 from service.inference import Budget, Inference
-from service.middleware import first_byte_time
+from service.middleware import CLIENT, ClientState, first_byte_time
 from service.runtime.registry import ModelRegistry
 from service.schemas.common import ImageInputs
 from service.settings import Settings
@@ -75,9 +75,10 @@ def budget_for(request: Request) -> Budget:
     def label(model: str) -> None:
         request.state.model = model
 
+    client = request.scope.get(CLIENT)  # set by our server's protocol; not under test clients
     return Budget(
         first_byte_time(request.scope) + timeout_s,  # the body's arrival counts too
-        request.is_disconnected,
+        client.is_disconnected if isinstance(client, ClientState) else request.is_disconnected,
         on_model=label,
     )
 
@@ -95,7 +96,9 @@ def _b64decode(value: str, index: int) -> bytes:
     if value.startswith("data:"):
         _, _, value = value.partition(",")
     try:
-        return base64.b64decode(value, validate=True)
+        # SIMD: about 100× the standard library's validating decode, which on a 100 kB image
+        # cost more event-loop time than the rest of the request's parsing
+        return pybase64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequestError(f"images[{index}] is not valid base64") from None
 

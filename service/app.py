@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,14 @@ from service.runtime.registry import ModelRegistry
 from service.settings import OtelSettings, Settings
 
 log = logging.getLogger("service")
+# FastAPI's native telemetry (0.16x) looks up the OpenTelemetry providers on every request (an
+# environment read each time) and, once one is set, makes HTTP spans of its own beside
+# service.tracing's: off, where the FastAPI release has it.
+_NO_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def _error(
@@ -165,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Batched, typed REST inference for ONNX models: classify, detect, segment, embed.",
         lifespan=lifespan,
+        **_NO_NATIVE_TELEMETRY,
     )
     app.state.settings = settings
     app.state.ready = False

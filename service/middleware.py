@@ -29,8 +29,23 @@ OPENAI_PATH = "/v1/embeddings"  # answers errors in OpenAI's shape (service.api.
 # set in the scope by the server's protocol (service.server); absent under a test client
 FIRST_BYTE = "ortserve.first_byte"  # event-loop time of the request's first byte
 OPEN_CONNECTIONS = "ortserve.open_connections"  # open connections when its headers were complete
+CLIENT = "ortserve.client"  # the request's ClientState: whether its connection is gone
 # what a flood must never starve: the probes and the scrape
 UNLIMITED_PATHS = ("/health/", "/v2/health/", "/metrics")
+
+
+class ClientState:
+    """Set by the server's protocol when the connection closes before the response is complete:
+    a disconnect check that costs an attribute read, where Starlette's ``is_disconnected`` opens
+    and cancels an anyio scope on the event loop for every check."""
+
+    __slots__ = ("gone",)
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    async def is_disconnected(self) -> bool:
+        return self.gone
 
 
 def first_byte_time(scope: Scope) -> float:

@@ -8,6 +8,8 @@ request deadline only starts once the app runs. ``GuardedProtocol`` adds, per co
   the client gets a bare ``408`` and the connection is closed;
 - the **first byte's time** in the scope (``FIRST_BYTE``), so that the body deadline
   (``BodyLimitMiddleware``) and the inference deadline (``api.deps.budget_for``) count from it;
+- the request's **client state** in the scope (``CLIENT``): the connection's loss, so that the
+  batcher's disconnect checks are an attribute read;
 - the **open connections** in the scope (``OPEN_CONNECTIONS``), so that ``ConnectionLimitMiddleware``
   can answer 503 past ``ORTSERVE_MAX_CONNECTIONS`` while health, readiness and metrics still
   answer;
@@ -28,7 +30,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.middleware import FIRST_BYTE, OPEN_CONNECTIONS
+from service.middleware import CLIENT, FIRST_BYTE, OPEN_CONNECTIONS, ClientState
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -51,6 +53,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._bytes_seen = False
+        self._client: ClientState | None = None  # the current request's
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -64,6 +67,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        if self._client is not None and self.cycle is not None and not self.cycle.response_complete:
+            self._client.gone = True
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -79,6 +84,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         self.scope[OPEN_CONNECTIONS] = len(self.connections)  # type: ignore[literal-required]
+        self._client = self.scope[CLIENT] = ClientState()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def _arm_header_timer(self) -> None:

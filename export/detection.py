@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from export.classifiers import sample_images
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
-from export.verify import check_parity
+from export.verify import Found, check_parity, detections_agree, to_fp16
 
 log = logging.getLogger("export")
 
@@ -94,9 +95,62 @@ def load_ultralytics(weights: str) -> YoloModel:
     return YoloModel(model, yolo.task, labels, int(max(model.stride.tolist())))
 
 
+# fp16 against fp32, on what a client is shown (the service's decoding, NMS and mask
+# thresholding at confidence 0.25): every detection scoring ≥ 0.30 in one graph has a same-class
+# partner in the other with box corners within 2 px of the original image and a score within
+# 0.02; for -seg models each matched pair's mask IoU ≥ 0.95. Raw outputs: within 2 % of the
+# fp32 range. See docs/export.md.
+FP16_LIMITS = {"max_box_px": 2.0, "max_score_diff": 0.02, "max_unmatched": 0.0}
+FP16_SEG_LIMITS = {**FP16_LIMITS, "min_mask_iou": 0.95}
+FP16_CONFIDENCE = 0.25
+
+
+def yolo_shown(
+    processor: Any, task: str, fmt: str, output_names: list[str], labels: list[str], geos: list[Any]
+) -> Any:
+    """``(outputs of one image, its index) → Found``: the service's own detection (or -seg
+    instance) decoding, in pixels of the original image."""
+    from service.tasks.detection import DetectParams, DetectProcessor
+    from service.tasks.segmentation import SegmentParams, SegmentProcessor, rle_decode
+
+    if task == "detect":
+        detector = DetectProcessor(processor, fmt, output_names, labels)
+        params = DetectParams(confidence=FP16_CONFIDENCE)
+
+        def detections(outputs: dict[str, np.ndarray], item: int) -> Found:
+            det = detector.finish(outputs, geos[item], params).detections
+            return Found(det.boxes, det.scores, det.class_ids)
+
+        return detections
+    segmenter = SegmentProcessor(processor, fmt, output_names, labels)
+    seg_params = SegmentParams(confidence=FP16_CONFIDENCE)
+
+    def instances(outputs: dict[str, np.ndarray], item: int) -> Found:
+        result = segmenter.finish(outputs, geos[item], seg_params)
+        found = getattr(result, "instances", [])
+        return Found(
+            np.array([i.box for i in found], np.float64).reshape(-1, 4),
+            np.array([i.score for i in found], np.float64),
+            np.array([i.class_id for i in found], np.int64),
+            [rle_decode(i.rle).astype(bool) for i in found],
+        )
+
+    return instances
+
+
 def export_yolo(
-    weights: str, out: Path, *, size: int = 640, max_batch_size: int = 8, opset: int = DEFAULT_OPSET
+    weights: str,
+    out: Path,
+    *,
+    size: int = 640,
+    max_batch_size: int = 8,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Export, check parity against PyTorch at batch 1 and 2 and write the model folder.
+    ``precision="fp16"`` then converts it (IO stays float32) and checks it against fp32 with
+    ``fp16_limits`` (default :data:`FP16_LIMITS`, or :data:`FP16_SEG_LIMITS` for -seg)."""
     from service.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
 
@@ -112,7 +166,8 @@ def export_yolo(
         "pad_value": 114,
     }
     processor = ImageProcessor(ImagePreprocessing.model_validate(image), "images", max_pixels=10**8)
-    tensors = [processor.preprocess(j)[0]["images"] for j in sample_images()]
+    prepared = [processor.preprocess(j) for j in sample_images()]
+    tensors = [feeds["images"] for feeds, _ in prepared]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_model = export_onnx(
@@ -124,14 +179,23 @@ def export_yolo(
             dynamic_axes={name: {0: "batch"} for name in ["images", *output_names]},
             opset=opset,
         )
-        parity = check_parity(
-            wrapper,
-            path,
-            [{"images": tensors[0][None]}, {"images": np.stack(tensors[:2])}],
-            atol=1e-2,
-            rtol=1e-4,
-            name=out.name,
-        )
+        samples = [{"images": tensors[0][None]}, {"images": np.stack(tensors[:2])}]
+        parity = check_parity(wrapper, path, samples, atol=1e-2, rtol=1e-4, name=out.name)
+        if precision == "fp16":
+            half = Path(tmp) / "model-fp16.onnx"
+            shown = yolo_shown(
+                processor, task, fmt, output_names, yolo.labels, [g for _, g in prepared]
+            )
+            default = FP16_SEG_LIMITS if task == "segment" else FP16_LIMITS
+            parity["fp16"] = to_fp16(
+                path,
+                half,
+                samples,
+                name=out.name,
+                measure=detections_agree(shown, confidence=FP16_CONFIDENCE),
+                limits={**default, **(fp16_limits or {})},
+            )
+            onnx_model = onnx.load(str(half))
         with torch.no_grad():
             result = wrapper(torch.from_numpy(tensors[0][None]))
     shapes = [list(t.shape[1:]) for t in (result if isinstance(result, tuple) else (result,))]
@@ -145,13 +209,15 @@ def export_yolo(
             "input_size": [size, size],
             "source": {"architecture": "ultralytics", "weights": Path(weights).name},
             "opset": opset,
+            "precision": precision,
         },
     )
     kind = "segmentation" if task == "segment" else "detection"
     config = {
         "task": task,
         "format": fmt,
-        "description": f"Ultralytics YOLO {kind} ({Path(weights).name})",
+        "description": f"Ultralytics YOLO {kind} ({Path(weights).name})"
+        + (", fp16" if precision == "fp16" else ""),
         "inputs": [{"name": "images", "dtype": "float32", "dims": [3, size, size]}],
         "outputs": [
             {"name": name, "dtype": "float32", "dims": dims}
@@ -178,9 +244,19 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--size", type=int, default=640, help="square input size")
     p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(
         run=lambda args: export_yolo(
-            args.weights, args.out, size=args.size, max_batch_size=args.max_batch_size
+            args.weights,
+            args.out,
+            size=args.size,
+            max_batch_size=args.max_batch_size,
+            precision=args.precision,
         )
     )

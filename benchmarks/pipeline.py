@@ -7,7 +7,11 @@ client-side alternative, images/s of both under the same closed-loop load.
   pipeline's detect settings), decode the photo here, crop the same padded boxes, encode each crop
   as JPEG and ``POST /classify`` them (mobilenet_v2, one request per image with all its crops).
 
-Both use the pipeline's own settings (``pipelines/detect-classify.yaml``) and the same photos,
+- detect only: ``POST /detect`` alone, the detector's share of both: no pipeline on this detector
+  can serve more images/s than this, so ``detect only / client-side`` is the most any server-side
+  pipeline could gain here.
+
+All use the pipeline's own settings (``pipelines/detect-classify.yaml``) and the same photos,
 so they compute the same thing; the client-side work (decode, crop, encode) runs in this process,
 on the same cores as the server, as a client on the same host would.
 
@@ -42,6 +46,7 @@ from service.tasks.pipeline import plan_crops
 
 PIPELINE = "detect-classify"
 NEEDED = ("nanodet-coco", "mobilenet_v2", PIPELINE)
+WAYS = ("server_side", "client_side", "detect_only")
 PHOTOS = ("chelsea", "astronaut", "coffee", "motorcycle_left")
 
 
@@ -77,8 +82,8 @@ class Client:
         r.raise_for_status()
         return len(r.json()["results"][0]["detections"])
 
-    async def client_side(self, image: bytes) -> int:
-        detect, crop, classify = self.config.detect, self.config.crop, self.config.per_crop
+    async def detect(self, image: bytes) -> dict[str, Any]:
+        detect = self.config.detect
         body = {
             "images": [base64.b64encode(image).decode()],
             "model": detect.model,
@@ -88,7 +93,15 @@ class Client:
         }
         r = await self.http.post("/detect", json=body)
         r.raise_for_status()
-        result = r.json()["results"][0]
+        result: dict[str, Any] = r.json()["results"][0]
+        return result
+
+    async def detect_only(self, image: bytes) -> int:
+        return len((await self.detect(image))["detections"])
+
+    async def client_side(self, image: bytes) -> int:
+        crop, classify = self.config.crop, self.config.per_crop
+        result = await self.detect(image)
         if not result["detections"]:
             return 0
         loop = asyncio.get_running_loop()
@@ -186,7 +199,11 @@ async def measure(
     with ThreadPoolExecutor(max_workers=2) as pool:
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
             client = Client(http, config, pool)
-            ways = {"server_side": client.server_side, "client_side": client.client_side}
+            ways = {
+                "server_side": client.server_side,
+                "client_side": client.client_side,
+                "detect_only": client.detect_only,
+            }
             order = [first, *(w for w in ways if w != first)]
             for way in order:
                 await ways[way](images[0])  # warm: connections, arenas
@@ -200,8 +217,12 @@ async def measure(
 
 
 def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Medians over the rounds, and the per-round ratio server-side / client-side."""
-    ratios = [r["server_side"]["images_per_s"] / r["client_side"]["images_per_s"] for r in rounds]
+    """Medians over the rounds, and the per-round ratios server-side / client-side and detect
+    only / client-side (the ceiling)."""
+
+    def ratios(way: str) -> list[float]:
+        return [r[way]["images_per_s"] / r["client_side"]["images_per_s"] for r in rounds]
+
     return {
         "concurrency": rounds[0]["server_side"]["concurrency"],
         **{
@@ -214,9 +235,16 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
                     np.median([r[way]["classifier_mean_batch"] or 0.0 for r in rounds])
                 ),
             }
-            for way in ("server_side", "client_side")
+            for way in WAYS
         },
-        "server_over_client": {"median": float(np.median(ratios)), "rounds": ratios},
+        "server_over_client": {
+            "median": float(np.median(ratios("server_side"))),
+            "rounds": ratios("server_side"),
+        },
+        "ceiling_over_client": {
+            "median": float(np.median(ratios("detect_only"))),
+            "rounds": ratios("detect_only"),
+        },
         "rounds": rounds,
     }
 
@@ -231,6 +259,7 @@ def render(result: dict[str, Any]) -> str:
     names = {
         "server_side": "server-side pipeline",
         "client_side": "client-side (/detect + crop + /classify)",
+        "detect_only": "/detect alone (the ceiling)",
     }
     for way, label in names.items():
         r = result[way]
@@ -242,6 +271,13 @@ def render(result: dict[str, Any]) -> str:
     lines.append(
         f"server-side / client-side images/s: {ratio['median']:.2f} (median of per-round ratios "
         + ", ".join(f"{x:.2f}" for x in ratio["rounds"])
+        + ")"
+    )
+    ceiling = result["ceiling_over_client"]
+    lines.append(
+        f"/detect alone / client-side images/s: {ceiling['median']:.2f} (the most a server-side "
+        "pipeline on this detector could gain; rounds "
+        + ", ".join(f"{x:.2f}" for x in ceiling["rounds"])
         + ")"
     )
     return "\n".join(lines)

@@ -35,10 +35,12 @@ def test_bench_reports_the_pipeline_against_the_client_side_alternative(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[round ") == 2
     assert "server-side / client-side images/s:" in done.stdout
+    assert "/detect alone / client-side images/s:" in done.stdout
     [saved] = out.glob("bench-*.json")
     result = json.loads(saved.read_text())["pipeline"]
     assert result["concurrency"] == 4
     assert len(result["server_over_client"]["rounds"]) == 2
-    for way in ("server_side", "client_side"):
+    assert len(result["ceiling_over_client"]["rounds"]) == 2
+    for way in ("server_side", "client_side", "detect_only"):
         assert result[way]["images_per_s"] > 0
         assert result[way]["errors"] == 0

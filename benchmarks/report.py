@@ -38,11 +38,11 @@ def render(report: dict[str, Any], chosen: list[Scenario]) -> str:
             f"beside the model {lim['with_preparation']['items_per_s']:.0f} items/s (batch "
             f"{lim['with_preparation']['best_batch']}) |  |  |  |  |  |  |  |  |  |  |  |  |  |  |"
         )
-    if "int8_over_fp32" in report:
+    for name, ratios in report.get("int8_over_fp32", {}).items():
         lines.append("")
         lines.append(
-            "int8 / fp32 served (embed, median of per-round ratios): "
-            + ", ".join(f"c={r['concurrency']} {r['median']:.2f}" for r in report["int8_over_fp32"])
+            f"int8 / fp32 served ({name}, median of per-round ratios): "
+            + ", ".join(f"c={r['concurrency']} {r['median']:.2f}" for r in ratios)
         )
     if "memory" in report:
         m = report["memory"]

@@ -352,17 +352,22 @@ def main() -> None:
                 }
             )
         report["scenarios"][sc.name] = entry
-    if "embed" in limits and "embed-int8" in limits:
-        report["int8_over_fp32"] = [
-            {
-                "concurrency": c,
-                **round_ratios(
-                    [x["throughput_rps"] for x in runs[("embed-int8", "served", c)]],
-                    [x["throughput_rps"] for x in runs[("embed", "served", c)]],
-                ),
-            }
-            for c in levels
-        ]
+    # every scenario X with an X-int8 beside it: int8 served / fp32 served, per round
+    paired = [name for name in limits if f"{name}-int8" in limits]
+    if paired:
+        report["int8_over_fp32"] = {
+            name: [
+                {
+                    "concurrency": c,
+                    **round_ratios(
+                        [x["throughput_rps"] for x in runs[(f"{name}-int8", "served", c)]],
+                        [x["throughput_rps"] for x in runs[(name, "served", c)]],
+                    ),
+                }
+                for c in levels
+            ]
+            for name in paired
+        }
     table = render(report, chosen) if chosen else ""
     if pipeline_rounds:
         report["pipeline"] = pipeline.summary(pipeline_rounds)

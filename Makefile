@@ -61,8 +61,9 @@ lint: install
 	$(PY) -m ruff format --check service export training tests benchmarks scripts devtools
 	$(PY) -m mypy
 
+# CHECK=1: compare with the targets table of docs/benchmarks.md, exit 1 naming each one missed
 bench: models
-	$(PY) -m benchmarks.run --models $(MODELS)
+	$(PY) -m benchmarks.run --models $(MODELS)$(if $(CHECK), --check)
 
 # What tracing costs: /embed at c=32 with tracing off, and on at sampling ratios 1.0 and 0.01
 # (OTLP/HTTP to a receiver in the benchmark), in alternated rounds (benchmarks/tracing.py)

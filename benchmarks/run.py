@@ -16,6 +16,10 @@ and after 1,000 and after 20,000 more mixed requests.
 
     python -m benchmarks.run [--models models] [--duration-s 8] [--concurrency 1,8,32,64]
                              [--repeat 3] [--only embed,classify,pipeline] [--memory-requests 20000]
+                             [--check [RESULTS.json]]
+
+``--check`` compares the results with the targets table of docs/benchmarks.md
+(``benchmarks.targets``) and exits 1 naming every target missed.
 
 The measurements are interleaved in ``--repeat`` rounds: each round measures every scenario's
 limit, then ortserve and the naive server at each concurrency, alternating which goes first. A
@@ -45,7 +49,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks import pipeline
+from benchmarks import pipeline, targets
 from benchmarks.harness import (
     ROOT,
     load_measured,
@@ -258,7 +262,19 @@ def main() -> None:
         help="interleaved rounds: each load point's --duration-s is split over them",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="RESULTS.json",
+        help="compare with the targets of docs/benchmarks.md and exit 1 naming each one missed: "
+        "this run's results, or (given a file) a saved report without running anything",
+    )
     args = parser.parse_args()
+    if args.check:
+        raise SystemExit(targets.run_check(targets.load_report(Path(args.check))))
+    if args.check is not None:
+        targets.load_targets()  # an unreadable table fails now, not after the whole run
     args.models = args.models.resolve()  # the servers run with the repository root as cwd
     levels = [int(c) for c in args.concurrency.split(",")]
     chosen = scenarios(args.models)
@@ -376,6 +392,8 @@ def main() -> None:
     saved = save_results(args.out, "bench", report, table)
     if chosen:
         plot(report, saved.with_suffix(".png"))
+    if args.check is not None:
+        raise SystemExit(targets.run_check(report))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,29 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.support.server import MODELS, Server, running_server
-from training.evaluate import evaluate_detection, evaluate_instance, evaluate_semantic
+from training.evaluate import (
+    DETECTION_IMAGES,
+    INSTANCE_IMAGES,
+    SEMANTIC_IMAGES,
+    evaluate_detection,
+    evaluate_instance,
+    evaluate_semantic,
+)
+
+# The accuracy README.md and docs/detection-segmentation.md publish, measured by this file (run
+# with -s to print it) on the image counts they state; each is asserted a few points under it,
+# room for a retrain on another machine, not for a regression.
+PUBLISHED = {
+    "map50": 0.972,  # shapes-yolo, 80 images
+    "map50_95": 0.828,
+    "heldout_precision": 0.858,  # shapes-yolo, training.heldout, 240 images, seed 18
+    "heldout_recall": 0.938,
+    "miou": 0.932,  # shapes-unet, 60 images
+    "mask_map50": 0.914,  # shapes-maskrcnn, 40 images
+    "mask_map50_95": 0.744,
+}
+PUBLISHED_IOU = {"background": 0.992, "circle": 0.965, "square": 0.929, "triangle": 0.842}
+MARGIN = 0.04
 
 
 def need(name: str) -> pytest.MarkDecorator:
@@ -33,10 +55,11 @@ def server() -> Iterator[Server]:
 
 @need("shapes-yolo")
 def test_detection_map_through_the_api(server: Server) -> None:
-    result = evaluate_detection(server.url, images=80)
+    result = evaluate_detection(server.url, images=DETECTION_IMAGES)
     print("detection", result)
-    assert result["map50"] >= 0.90
-    assert result["map50_95"] >= 0.5
+    assert result["images"] == DETECTION_IMAGES == 80
+    assert result["map50"] >= PUBLISHED["map50"] - MARGIN
+    assert result["map50_95"] >= PUBLISHED["map50_95"] - MARGIN
 
 
 @need("shapes-yolo")
@@ -49,22 +72,28 @@ def test_detector_keeps_its_precision_on_an_independent_generator_and_unseen_bac
 
     result = evaluate(MODELS / "shapes-yolo", images=240, seed=18)
     print("held-out", result)
-    assert result["precision"] >= 0.8
-    assert result["recall"] >= 0.8
+    assert result["images"] == 240
+    assert result["precision"] >= PUBLISHED["heldout_precision"] - MARGIN
+    assert result["recall"] >= PUBLISHED["heldout_recall"] - MARGIN
 
 
 @need("shapes-unet")
 def test_semantic_miou_through_the_api(server: Server) -> None:
-    result = evaluate_semantic(server.url, images=60)
+    result = evaluate_semantic(server.url, images=SEMANTIC_IMAGES)
     print("semantic", result)
-    assert result["miou"] >= 0.85
+    assert result["images"] == SEMANTIC_IMAGES == 60
+    assert result["miou"] >= PUBLISHED["miou"] - MARGIN
+    for label, iou in PUBLISHED_IOU.items():
+        assert result["iou"][label] >= iou - MARGIN, label
 
 
 @need("shapes-maskrcnn")
 def test_instance_mask_map_through_the_api(server: Server) -> None:
-    result = evaluate_instance(server.url, images=40)
+    result = evaluate_instance(server.url, images=INSTANCE_IMAGES)
     print("instance", result)
-    assert result["mask_map50"] >= 0.80
+    assert result["images"] == INSTANCE_IMAGES == 40
+    assert result["mask_map50"] >= PUBLISHED["mask_map50"] - MARGIN
+    assert result["mask_map50_95"] >= PUBLISHED["mask_map50_95"] - MARGIN
 
 
 def _canvas(w: int, h: int, circle: tuple[int, int, int]) -> bytes:
@@ -169,8 +198,10 @@ def test_instance_masks_land_on_the_object_in_the_original_image(server: Server)
     assert mask.shape == truth.shape
     assert _iou(mask, truth) >= 0.85
     box = best["box"]
+    # 6 % of the 250 px side: the picture reaches the model at 512/1400 of its size, where this
+    # is 5.5 px (a retrain measured x1 at 1012.8)
     assert [box["x1"], box["y1"], box["x2"], box["y2"]] == pytest.approx(
-        [1000, 150, 1250, 400], abs=12
+        [1000, 150, 1250, 400], abs=15
     )
 
 
@@ -185,6 +216,10 @@ def test_an_8x8_image_gets_boxes_inside_it(server: Server) -> None:
     assert r.status_code == 200, r.text
     result = r.json()["results"][0]
     assert (result["width"], result["height"]) == (8, 8)
+    # a 7 px circle blown up 44x is below what the model finds (its best circle scores ~0.04,
+    # under the triangles it reports), but at confidence 0.01 there are boxes, and each must be
+    # mapped back inside the 8x8 picture; an empty list would pass the loop below vacuously
+    assert result["detections"], "no detections at confidence 0.01: nothing to check"
     for d in result["detections"]:
         box = d["box"]
         assert 0 <= box["x1"] <= box["x2"] <= 8

@@ -170,7 +170,8 @@ def test_served_masks_agree_with_ultralytics_predictor(
 # moves the zero crossings of these random-weight masks (far noisier than a trained model's).
 @pytest.mark.parametrize(
     ("width", "height", "min_iou", "min_mean_iou"),
-    [(640, 320, 0.999, 0.999), (600, 260, 0.8, 0.95)],
+    # docs/detection-segmentation.md publishes min 1.0 / 0.86 and mean 1.0 / 0.97: a few points under
+    [(640, 320, 0.999, 0.999), (600, 260, 0.83, 0.95)],
 )
 def test_letterboxed_decoding_agrees_with_ultralytics_ops(
     exported: Path, width: int, height: int, min_iou: float, min_mean_iou: float

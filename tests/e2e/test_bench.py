@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.server import MODELS, REPO_ROOT
@@ -50,14 +51,28 @@ def test_bench_interleaves_rounds_and_reports_ratios_per_round(tmp_path: Path) -
                 assert run["errors"] == {}
                 assert run["ok"] > 0
                 assert len(run["runs_rps"]) == 2
-        for ratios in entry["ratios"]:
+        for i, ratios in enumerate(entry["ratios"]):
             for key in (
                 "served_over_limit",
                 "served_over_naive",
                 "served_over_limit_with_preparation",
             ):
                 assert len(ratios[key]["rounds"]) == 2
-                assert ratios[key]["median"] > 0
+                # the median of the per-round ratios, each one finite and positive
+                assert all(np.isfinite(r) and r > 0 for r in ratios[key]["rounds"])
+                assert ratios[key]["median"] == pytest.approx(np.median(ratios[key]["rounds"]))
+            # served / naive per round is the two servers' measured throughputs of that round
+            # (one item per request in both scenarios)
+            served, naive = entry["served"][i]["runs_rps"], entry["naive"][i]["runs_rps"]
+            assert ratios["served_over_naive"]["rounds"] == pytest.approx(
+                [a / b for a, b in zip(served, naive, strict=True)]
+            )
+            limits = [
+                r["by_batch"][str(entry["limit"]["best_batch"])] for r in entry["limit"]["rounds"]
+            ]
+            assert ratios["served_over_limit"]["rounds"] == pytest.approx(
+                [a / b for a, b in zip(served, limits, strict=True)]
+            )
     memory = report["memory"]
     assert memory["requests_first"] == 20 and memory["requests_total"] == 40
     assert memory["rss_loaded_mb"] > 0 and memory["rss_after_load_mb"] > 0

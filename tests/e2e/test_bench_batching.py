@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -52,7 +53,15 @@ def test_serves_the_model_batched_and_one_by_one_and_reports_the_ratio(tmp_path:
     assert point["batch-1"]["mean_batch_size"] == 1.0  # max_batch_size 1: never merged
     assert point["dynamic"]["mean_batch_size"] > 1.0  # 8 clients at once: merged
     ratio = point["dynamic_over_batch1"]
-    assert len(ratio["rounds"]) == 2 and ratio["median"] > 0
+    assert len(ratio["rounds"]) == 2
+    # each round's ratio is that round's two measured throughputs, and the median is theirs
+    assert ratio["rounds"] == pytest.approx(
+        [
+            a / b
+            for a, b in zip(point["dynamic"]["runs_rps"], point["batch-1"]["runs_rps"], strict=True)
+        ]
+    )
+    assert ratio["median"] == pytest.approx(np.median(ratio["rounds"]))
     limit = report["limit"]
     assert limit["providers"] == [CPU]
     assert sorted(int(b) for b in limit["by_batch"]) == [1, 2, 4, 8, 16]

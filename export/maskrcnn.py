@@ -12,14 +12,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from export.classifiers import sample_images
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
 from export.torchvision_models import labels_from_weights, load_model
-from export.verify import check_parity
+from export.verify import Found, check_parity, detections_agree, to_fp16
 
 INSTANCE = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+# fp16 against fp32, on the instances a client is shown (score ≥ 0.5, the service's default):
+# every instance scoring ≥ 0.55 in one graph has a same-class partner in the other with box
+# corners within 2 px, score within 0.02 and binarised mask IoU ≥ 0.9. The number of
+# detections varies, so there is no raw-output comparison. See docs/export.md.
+FP16_LIMITS = {
+    "max_box_px": 2.0,
+    "max_score_diff": 0.02,
+    "max_unmatched": 0.0,
+    "min_mask_iou": 0.9,
+}
+FP16_CONFIDENCE = 0.5
+
+
+def maskrcnn_shown(outputs: dict[str, np.ndarray], _item: int) -> Found:
+    """The graph's instances (masks already pasted into the input image) as a client sees them:
+    masks binarised at 0.5."""
+    masks = outputs["masks"]
+    return Found(
+        outputs["boxes"].astype(np.float64),
+        outputs["scores"].astype(np.float64),
+        outputs["labels"],
+        [m.reshape(m.shape[-2:]) >= 0.5 for m in masks],
+    )
 
 
 class SingleImageMaskRCNN(torch.nn.Module):
@@ -45,8 +69,13 @@ def export_maskrcnn_model(
     atol: float = 2e-3,
     opset: int = DEFAULT_OPSET,
     min_mask_iou: float = 0.99,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Export a torchvision Mask R-CNN (eval mode) with its single-image ONNX signature."""
+    """Export a torchvision Mask R-CNN (eval mode) with its single-image ONNX signature.
+    ``precision="fp16"`` then converts it (IO stays float32; NonMaxSuppression, TopK, RoiAlign
+    and the other ops of ONNX Runtime's default block list stay float32) and checks it against
+    fp32 with ``fp16_limits`` (default :data:`FP16_LIMITS`)."""
     single = SingleImageMaskRCNN(model).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -76,6 +105,19 @@ def export_maskrcnn_model(
             mask_outputs={"masks": "scores"},
             min_mask_iou=min_mask_iou,
         )
+        if precision == "fp16":
+            half = Path(tmp) / "model-fp16.onnx"
+            parity["fp16"] = to_fp16(
+                path,
+                half,
+                [{"image": s} for s in samples],
+                name=out.name,
+                raw_outputs=(),
+                batch_axis=False,
+                measure=detections_agree(maskrcnn_shown, confidence=FP16_CONFIDENCE),
+                limits={**FP16_LIMITS, **(fp16_limits or {})},
+            )
+            onnx_model = onnx.load(str(half))
     set_metadata(
         onnx_model,
         {
@@ -84,12 +126,14 @@ def export_maskrcnn_model(
             "labels": labels,
             "source": source,
             "opset": opset,
+            "precision": precision,
         },
     )
     config = {
         "task": "segment",
         "format": "maskrcnn",
-        "description": f"Mask R-CNN ({source['architecture']})",
+        "description": f"Mask R-CNN ({source['architecture']})"
+        + (", fp16" if precision == "fp16" else ""),
         "inputs": [{"name": "image", "dtype": "float32", "dims": [3, -1, -1]}],
         "outputs": [
             {"name": "boxes", "dtype": "float32", "dims": [-1, 4]},
@@ -116,6 +160,8 @@ def export_maskrcnn(
     max_size: int = 1333,
     atol: float = 2e-3,
     min_mask_iou: float = 0.99,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """``atol`` applies to boxes and scores; masks are compared by IoU (see check_parity)."""
     if arch not in INSTANCE:
@@ -145,4 +191,6 @@ def export_maskrcnn(
         max_side=max_size,
         atol=atol,
         min_mask_iou=min_mask_iou,
+        precision=precision,
+        fp16_limits=fp16_limits,
     )

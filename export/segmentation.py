@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from export.classifiers import sample_images
@@ -32,9 +33,12 @@ from export.common import (
 from export.maskrcnn import INSTANCE, export_maskrcnn
 from export.torchvision_models import labels_from_weights, load_model
 from export.unet import MobileUNet, UNet
-from export.verify import check_parity
+from export.verify import check_parity, class_maps_agree, to_fp16
 
 log = logging.getLogger("export")
+# fp16 against fp32: the class map a client gets (argmax of the logits) agrees on at least 99 %
+# of the pixels of every image; raw logits within 2 % of the fp32 range. See docs/export.md.
+FP16_LIMITS = {"min_pixel_agreement": 0.99}
 SEMANTIC = (
     "fcn_resnet50",
     "fcn_resnet101",
@@ -89,6 +93,8 @@ def export_semantic(
     size: int = 520,
     max_batch_size: int = 4,
     opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     from service.model_config import ImagePreprocessing
     from service.tasks.imaging import ImageProcessor
@@ -121,6 +127,8 @@ def export_semantic(
         max_batch_size=max_batch_size,
         max_queue_size=128,
         opset=opset,
+        precision=precision,
+        fp16_limits=fp16_limits,
     )
 
 
@@ -136,10 +144,14 @@ def export_semantic_model(
     max_batch_size: int = 8,
     max_queue_size: int = 256,
     opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Export a semantic segmenter (eval mode) taking ``input float32[B,3,H,W]`` as ``image``
     (the service's preprocessing config) prepares it, returning ``logits float32[B,C,H,W]``;
-    parity at batch 1 and on all of ``samples float32[n,3,H,W]`` (n ≥ 2)."""
+    parity at batch 1 and on all of ``samples float32[n,3,H,W]`` (n ≥ 2). ``precision="fp16"``
+    then converts it (IO stays float32) and checks it against fp32 with ``fp16_limits``
+    (default :data:`FP16_LIMITS`)."""
     height, width = int(image["height"]), int(image["width"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -152,14 +164,21 @@ def export_semantic_model(
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             opset=opset,
         )
+        feeds = [{"input": samples[:1]}, {"input": samples}]
         parity = check_parity(
-            lambda input: model(input),
-            path,
-            [{"input": samples[:1]}, {"input": samples}],
-            atol=1e-3,
-            rtol=1e-3,
-            name=out.name,
+            lambda input: model(input), path, feeds, atol=1e-3, rtol=1e-3, name=out.name
         )
+        if precision == "fp16":
+            half = Path(tmp) / "model-fp16.onnx"
+            parity["fp16"] = to_fp16(
+                path,
+                half,
+                feeds,
+                name=out.name,
+                measure=class_maps_agree(lambda outputs, _: outputs["logits"].argmax(0)),
+                limits={**FP16_LIMITS, **(fp16_limits or {})},
+            )
+            onnx_model = onnx.load(str(half))
     set_metadata(
         onnx_model,
         {
@@ -171,12 +190,13 @@ def export_semantic_model(
             "std": image.get("std", [1.0, 1.0, 1.0]),
             "source": source,
             "opset": opset,
+            "precision": precision,
         },
     )
     config = {
         "task": "segment",
         "format": "semantic-logits",
-        "description": description,
+        "description": description + (", fp16" if precision == "fp16" else ""),
         "inputs": [{"name": "input", "dtype": "float32", "dims": [3, height, width]}],
         "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), height, width]}],
         "image": image,
@@ -206,6 +226,8 @@ def export_unet_model(
     description: str = "U-Net",
     max_batch_size: int = 8,
     opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A U-Net (``export.unet.UNet`` or ``MobileUNet``) as a semantic model folder."""
     return export_semantic_model(
@@ -218,6 +240,8 @@ def export_unet_model(
         description=description,
         max_batch_size=max_batch_size,
         opset=opset,
+        precision=precision,
+        fp16_limits=fp16_limits,
     )
 
 
@@ -248,6 +272,8 @@ def export_unet(
     size: int = 256,
     classes: int = 4,
     max_batch_size: int = 8,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A U-Net checkpoint (or, with ``checkpoint=None``, a randomly initialised one) → model
     folder; parity on real photos letterboxed as the service will feed them."""
@@ -280,6 +306,8 @@ def export_unet(
             "weights": checkpoint.name if checkpoint else "random-init",
         },
         max_batch_size=max_batch_size,
+        precision=precision,
+        fp16_limits=fp16_limits,
     )
 
 
@@ -301,6 +329,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--max-size", type=int, default=1333, help="Mask R-CNN: internal resize (longer side)"
     )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=_run)
 
@@ -315,7 +349,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if args.weights:
             raise ExportError("the U-Net has no published weights: use --checkpoint")
         return export_unet(
-            args.checkpoint, args.out, labels=labels, size=args.size or 256, classes=args.classes
+            args.checkpoint,
+            args.out,
+            labels=labels,
+            size=args.size or 256,
+            classes=args.classes,
+            precision=args.precision,
         )
     if args.arch in SEMANTIC:
         return export_semantic(
@@ -325,6 +364,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint=args.checkpoint,
             labels=labels,
             size=args.size or 520,
+            precision=args.precision,
         )
     return export_maskrcnn(
         args.arch,
@@ -334,4 +374,5 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         labels=labels,
         min_size=args.min_size,
         max_size=args.max_size,
+        precision=args.precision,
     )

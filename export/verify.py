@@ -268,6 +268,74 @@ def _row_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.where(both_zero, 1.0, cosine(a, b)).min())
 
 
+# control flow keeps its subgraphs in float32: the converter does not follow the values a
+# subgraph reads from the enclosing graph (see _feed_subgraphs_fp32)
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def _subgraph_reads(graph: Any) -> set[str]:
+    """Names a subgraph (and the subgraphs nested in it) reads from enclosing graphs."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(n for n in node.input if n)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                read |= _subgraph_reads(sub)
+        defined.update(node.output)
+    return read - defined
+
+
+def _feed_subgraphs_fp32(model: Any) -> None:
+    """After conversion: every float16 value of the main graph that a (float32) control-flow
+    subgraph reads implicitly goes through a Cast to float32 first, and the subgraph reads that.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    fp16_names = {
+        v.name
+        for v in [*graph.value_info, *graph.input, *graph.output]
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT16
+    } | {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT16}
+
+    def rename(sub: Any, mapping: dict[str, str]) -> None:
+        for node in sub.node:
+            node.input[:] = [mapping.get(n, n) for n in node.input]
+            for attr in node.attribute:
+                for inner in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    rename(inner, mapping)
+
+    nodes = list(graph.node)
+    rebuilt: list[onnx.NodeProto] = []
+    casts: dict[str, str] = {}
+    for node in nodes:
+        if node.op_type in CONTROL_FLOW:
+            subs = [a.g for a in node.attribute if a.HasField("g")]
+            subs += [g for a in node.attribute for g in a.graphs]
+            reads = set().union(*(_subgraph_reads(g) for g in subs)) if subs else set()
+            mapping = {}
+            for name in sorted(reads & fp16_names):
+                if name not in casts:
+                    casts[name] = f"{name}_fp32_for_subgraph"
+                    rebuilt.append(
+                        helper.make_node(
+                            "Cast",
+                            [name],
+                            [casts[name]],
+                            to=TensorProto.FLOAT,
+                            name=f"{name}_fp32_for_subgraph_cast",
+                        )
+                    )
+                mapping[name] = casts[name]
+            for sub in subs:
+                rename(sub, mapping)
+        rebuilt.append(node)
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+
+
 def to_fp16(
     fp32_path: Path,
     fp16_path: Path,
@@ -299,7 +367,7 @@ def to_fp16(
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
+    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(CONTROL_FLOW) | set(keep_fp32_ops))
     source = onnx.load(str(fp32_path))
     converted = convert_float_to_float16(
         source,
@@ -307,6 +375,7 @@ def to_fp16(
         op_block_list=blocked,
         node_block_list=list(keep_fp32_nodes),
     )
+    _feed_subgraphs_fp32(converted)
     onnx.save(converted, str(fp16_path))
     present = {n.op_type for n in source.graph.node}
     fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])

@@ -35,11 +35,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.classifiers import sample_images
 from export.common import ExportError, set_metadata, write_model_folder
-from export.verify import ParityError
+from export.verify import Found, ParityError, detections_agree, to_fp16
 
 log = logging.getLogger("export")
 
 SIZE = 416
+# fp16 (of the final graph) against the fp32 graph, on what a client is shown (the service's
+# decoding and NMS at confidence 0.25): every detection scoring ≥ 0.30 in one graph has a
+# same-class partner in the other with box corners within 2 px of the original image and a
+# score within 0.02; raw output0 within 2 % of its fp32 range. See docs/export.md.
+FP16_LIMITS = {"max_box_px": 2.0, "max_score_diff": 0.02, "max_unmatched": 0.0}
+FP16_CONFIDENCE = 0.25
 STRIDES = (8, 16, 32)
 BINS = 11  # reg_max 10: distances 0..10 strides
 # NanoDet's own normalisation (BGR order in its code; given here in RGB, as the config wants)
@@ -308,6 +314,36 @@ def check_nanodet_parity(
     }
 
 
+def nanodet_fp16(
+    path: Path, half: Path, photos: list[bytes], limits: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """``path`` (the final fp32 graph) converted to fp16 at ``half`` and checked against it on
+    ``photos`` at batch 1 and batch n: raw ``output0`` and the detections the service decodes
+    (:data:`FP16_LIMITS`, overridden by ``limits``)."""
+    from service.model_config import ImagePreprocessing
+    from service.tasks.detection import DetectParams, DetectProcessor
+    from service.tasks.imaging import ImageProcessor
+
+    processor = ImageProcessor(ImagePreprocessing.model_validate(IMAGE), "images", max_pixels=10**8)
+    prepared = [processor.preprocess(photo) for photo in photos]
+    tensors = [feeds["images"] for feeds, _ in prepared]
+    detector = DetectProcessor(processor, "nanodet", ["output0"], COCO_LABELS)
+    params = DetectParams(confidence=FP16_CONFIDENCE)
+
+    def shown(outputs: dict[str, np.ndarray], item: int) -> Found:
+        det = detector.finish(outputs, prepared[item][1], params).detections
+        return Found(det.boxes, det.scores, det.class_ids)
+
+    return to_fp16(
+        path,
+        half,
+        [{"images": tensors[0][None]}, {"images": np.stack(tensors)}],
+        name="nanodet",
+        measure=detections_agree(shown, confidence=FP16_CONFIDENCE),
+        limits={**FP16_LIMITS, **(limits or {})},
+    )
+
+
 def export_nanodet(
     tfjs_model: Path,
     converted: Path,
@@ -315,14 +351,22 @@ def export_nanodet(
     out: Path,
     *,
     max_batch_size: int = 8,
+    precision: str = "fp32",
+    fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """``converted`` (tf2onnx's output for ``tfjs_model``) → a checked model folder at ``out``."""
+    """``converted`` (tf2onnx's output for ``tfjs_model``) → a checked model folder at ``out``.
+    ``precision="fp16"``: the final graph, checked against TF.js in fp32, is converted (IO stays
+    float32) and checked against itself by :func:`nanodet_fp16`."""
     model = rewrite_graph(onnx.load(str(converted)))
     photos = sample_images()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path))
         parity = check_nanodet_parity(path, tfjs_model, node_path, photos)
+        if precision == "fp16":
+            half = Path(tmp) / "model-fp16.onnx"
+            parity["fp16"] = nanodet_fp16(path, half, photos, fp16_limits)
+            model = onnx.load(str(half))
     points = sum((SIZE // s) ** 2 for s in STRIDES)
     set_metadata(
         model,
@@ -340,12 +384,14 @@ def export_nanodet(
                 "license": "Apache-2.0 (NanoDet); the npm package is MIT",
             },
             "opset": model.opset_import[0].version,
+            "precision": precision,
         },
     )
     config = {
         "task": "detect",
         "format": "nanodet",
-        "description": "NanoDet 416 (COCO 2017, 80 classes), converted from TF.js",
+        "description": "NanoDet 416 (COCO 2017, 80 classes), converted from TF.js"
+        + (", fp16" if precision == "fp16" else ""),
         "inputs": [{"name": "images", "dtype": "float32", "dims": [3, SIZE, SIZE]}],
         "outputs": [
             {"name": "output0", "dtype": "float32", "dims": [points, len(COCO_LABELS) + 4 * BINS]}
@@ -369,6 +415,12 @@ def add_parser(subparsers: Any) -> None:
         "--node-path", type=Path, required=True, help="node_modules holding @tensorflow/tfjs"
     )
     p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(
         run=lambda args: export_nanodet(
@@ -377,5 +429,6 @@ def add_parser(subparsers: Any) -> None:
             args.node_path,
             args.out,
             max_batch_size=args.max_batch_size,
+            precision=args.precision,
         )
     )

@@ -19,6 +19,7 @@ FAMILIES = [
     "export.detection",
     "export.segmentation",
     "export.nanodet",
+    "export.quantize",
 ]
 
 

@@ -21,8 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from export.quantize import (
     Gates,
     Recipe,
@@ -35,28 +33,24 @@ from export.quantize import (
 
 BASE = Recipe()
 # the trial of issue 19: every op quantized, the graph outputs too
-PLAIN = replace(BASE, keep_output_nodes_fp32=False, op_types=())
+PLAIN = replace(BASE, keep_output_nodes_fp32=False, keep_input_nodes_fp32=False, op_types=())
+OUTPUTS = replace(BASE, keep_input_nodes_fp32=False)
 
 
-def first_conv(model_dir: Path) -> tuple[str, ...]:
-    model = onnx.load(str(model_dir / "model.onnx"))
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    return (convs[0].name,) if convs and convs[0].name else ()
-
-
-def variants(model_dir: Path) -> dict[str, Recipe]:
+def variants() -> dict[str, Recipe]:
     return {
         "plain (all ops, outputs quantized)": PLAIN,
         "plain, Percentile 99.999": replace(PLAIN, calibrate_method="Percentile"),
         "plain, Entropy": replace(PLAIN, calibrate_method="Entropy"),
-        "outputs fp32": BASE,
-        "outputs fp32, Percentile 99.999": replace(BASE, calibrate_method="Percentile"),
-        "outputs fp32, Entropy": replace(BASE, calibrate_method="Entropy"),
-        "outputs fp32, Conv/Gemm only": replace(BASE, op_types=("Conv", "Gemm", "MatMul")),
-        "outputs fp32, first conv fp32": replace(BASE, exclude_nodes=first_conv(model_dir)),
-        "outputs fp32, per-tensor": replace(BASE, per_channel=False),
-        "outputs fp32, S8S8": replace(BASE, activation_type="QInt8"),
-        "outputs fp32, no pre-process": replace(BASE, preprocess=False),
+        "outputs fp32": OUTPUTS,
+        "outputs fp32, Percentile 99.999": replace(OUTPUTS, calibrate_method="Percentile"),
+        "outputs fp32, Conv/Gemm only": replace(OUTPUTS, op_types=("Conv", "Gemm", "MatMul")),
+        "outputs fp32, per-tensor": replace(OUTPUTS, per_channel=False),
+        "outputs fp32, S8S8": replace(OUTPUTS, activation_type="QInt8"),
+        "default (outputs + first conv fp32)": BASE,
+        "default, reduce_range": replace(BASE, reduce_range=True),
+        "default, Percentile 99.999": replace(BASE, calibrate_method="Percentile"),
+        "default, U8U8": replace(BASE, weight_type="QUInt8"),
     }
 
 
@@ -64,9 +58,9 @@ def run(model_dir: Path, names: list[str] | None, seed: int) -> list[dict[str, A
     sets = image_sets(None, seed=seed)
     calib = prepare_batches(model_dir, sets.calibration)
     rows: list[dict[str, Any]] = []
-    table = variants(model_dir)
+    table = variants()
     for name, recipe in table.items():
-        if names and not any(n in name for n in names):
+        if names and name not in names:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.quantize_search", description=__doc__
     )
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--variants", help="comma-separated substrings of the variant names")
+    parser.add_argument("--variants", help="comma-separated variant names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args(argv)

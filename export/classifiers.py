@@ -33,6 +33,7 @@ from export.common import (
     set_metadata,
     write_model_folder,
 )
+from export.quantize import add_quantize_arguments
 from export.verify import check_parity, to_fp16
 
 log = logging.getLogger("export")
@@ -336,6 +337,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/resnet50")
     p.set_defaults(run=_run)
+    add_quantize_arguments(p)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import torch
 
 from export.classifiers import sample_images
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
+from export.quantize import add_quantize_arguments
 from export.verify import Found, check_parity, detections_agree, to_fp16
 
 log = logging.getLogger("export")
@@ -260,3 +261,4 @@ def add_parser(subparsers: Any) -> None:
             precision=args.precision,
         )
     )
+    add_quantize_arguments(p)

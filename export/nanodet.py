@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.classifiers import sample_images
 from export.common import ExportError, set_metadata, write_model_folder
+from export.quantize import add_quantize_arguments
 from export.verify import Found, ParityError, detections_agree, to_fp16
 
 log = logging.getLogger("export")
@@ -432,3 +433,4 @@ def add_parser(subparsers: Any) -> None:
             precision=args.precision,
         )
     )
+    add_quantize_arguments(p)

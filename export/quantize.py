@@ -26,9 +26,11 @@ by photo into calibration and held-out ones, each expanded into seeded random cr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -286,6 +288,18 @@ def _name_nodes(model: onnx.ModelProto) -> None:
             node.name = f"{node.op_type}_{i}"
 
 
+@contextlib.contextmanager
+def _cwd(folder: Path) -> Iterator[None]:
+    """Symbolic shape inference leaves temporary files in the working directory when it gives
+    up: keep them in the quantization's own temporary folder (the export CLI is one thread)."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def quantize_graph(
     fp32_path: Path,
     out_path: Path,
@@ -308,11 +322,12 @@ def quantize_graph(
     onnx.save(model, str(source))
     if recipe.preprocess:
         prepared = workdir / "prepared.onnx"
-        try:
-            quant_pre_process(str(source), str(prepared))
-        except Exception as exc:  # symbolic shape inference gives up on some graphs (TF, loops)
-            log.info("quant_pre_process: %s; retrying without symbolic shape inference", exc)
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        with _cwd(workdir):
+            try:
+                quant_pre_process(str(source), str(prepared))
+            except Exception as exc:  # symbolic shape inference gives up on some graphs (TF)
+                log.info("quant_pre_process: %s; again without symbolic shape inference", exc)
+                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         source = prepared
         model = onnx.load(str(source))
         _name_nodes(model)
@@ -725,6 +740,11 @@ def add_gate_arguments(p: argparse.ArgumentParser) -> None:
         help=f"semantic segmenters: largest mIoU drop against the fp32 class maps "
         f"(default {DEFAULT_MAX_MIOU_DROP})",
     )
+    p.add_argument("--calibration-count", type=int, default=128, help="calibration images")
+    p.add_argument("--heldout-count", type=int, default=200, help="held-out images")
+    p.add_argument(
+        "--no-latency", action="store_true", help="skip timing fp32 against int8 (tests)"
+    )
 
 
 def gates_from(args: argparse.Namespace) -> Gates:
@@ -741,11 +761,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="e.g. models/mobilenet_v2-int8")
     add_gate_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="crops of the calibration photos")
-    p.add_argument("--calibration-count", type=int, default=128, help="calibration images")
-    p.add_argument("--heldout-count", type=int, default=200, help="held-out images")
-    p.add_argument(
-        "--no-latency", action="store_true", help="skip timing fp32 against int8 (tests)"
-    )
     p.set_defaults(run=_run)
 
 
@@ -762,6 +777,27 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    """``--quantize int8`` (and the gate flags) on a vision exporter's parser: its ``run`` then
+    exports fp32 and quantizes that folder into ``--out`` in place. Call after ``set_defaults``."""
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: static QDQ quantization after the export, gated on agreement with fp32 "
+        "(writes nothing when the gate fails)",
+    )
+    add_gate_arguments(p)
+    export_run = p.get_default("run")
+
+    def run(args: argparse.Namespace) -> Any:
+        if args.quantize and getattr(args, "precision", "fp32") != "fp32":
+            raise ExportError("--quantize int8 starts from fp32: leave out --precision")
+        report = export_run(args)
+        return after_export(args.out, args) or report
+
+    p.set_defaults(run=run)
+
+
 def after_export(out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """``--quantize int8`` on an exporter: quantize the folder it just wrote into ``out`` itself
     (the fp32 folder moves to a temporary place first). None without the flag."""
@@ -771,7 +807,15 @@ def after_export(out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
         fp32 = Path(tmp) / out.name
         out.rename(fp32)
         try:
-            return quantize_vision(fp32, out, calibration=args.calibration, gates=gates_from(args))
+            return quantize_vision(
+                fp32,
+                out,
+                calibration=args.calibration,
+                gates=gates_from(args),
+                calibration_count=args.calibration_count,
+                heldout_count=args.heldout_count,
+                latency=not args.no_latency,
+            )
         except BaseException:
             # nothing written: the fp32 export is not left behind as if it were the int8 one
             shutil.rmtree(fp32, ignore_errors=True)

@@ -31,6 +31,7 @@ from export.common import (
     write_model_folder,
 )
 from export.maskrcnn import INSTANCE, export_maskrcnn
+from export.quantize import add_quantize_arguments
 from export.torchvision_models import labels_from_weights, load_model
 from export.unet import MobileUNet, UNet
 from export.verify import check_parity, class_maps_agree, to_fp16
@@ -337,6 +338,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=_run)
+    add_quantize_arguments(p)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:

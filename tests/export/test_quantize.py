@@ -138,3 +138,27 @@ def test_map_is_one_for_the_reference_itself_and_drops_for_missed_boxes() -> Non
     b[:2] = 1
     assert mean_iou([a], [a]) == (1.0, 1)
     assert mean_iou([a], [b]) == (pytest.approx((0.5 + 0.0) / 2), 2)
+
+
+def test_exporter_quantize_flag_writes_the_int8_folder_or_nothing(tmp_path: Path) -> None:
+    from export.__main__ import main
+
+    argv = ["classifier", "--arch", "mobilenet_v2", "--random-init", "--image-size", "64"]
+    argv += [
+        "--quantize",
+        "int8",
+        "--calibration-count",
+        "8",
+        "--heldout-count",
+        "8",
+        "--no-latency",
+    ]
+    # untrained weights agree with themselves on little: the gate flags decide
+    out = tmp_path / "mnv2-int8"
+    assert main([*argv, "--min-top1-agreement", "0", "--out", str(out)]) == 0
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["precision"] == "int8" and parity["fp32_model"] == "mnv2-int8"
+    assert read_metadata(onnx.load(str(out / "model.onnx")))["precision"] == "int8"
+    refused = tmp_path / "refused-int8"
+    assert main([*argv, "--min-top1-agreement", "1.01", "--out", str(refused)]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnv2-int8"]

@@ -51,6 +51,9 @@ def variants() -> dict[str, Recipe]:
         "default, reduce_range": replace(BASE, reduce_range=True),
         "default, Percentile 99.999": replace(BASE, calibrate_method="Percentile"),
         "default, U8U8": replace(BASE, weight_type="QUInt8"),
+        "default, LeakyRelu not quantized": replace(
+            BASE, op_types=tuple(t for t in BASE.op_types if t != "LeakyRelu")
+        ),
     }
 
 
@@ -84,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.quantize_search", description=__doc__
     )
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--variants", help="comma-separated variant names (default: all)")
+    parser.add_argument("--variants", help="variant names separated by semicolons (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = run(args.model_dir, args.variants.split(",") if args.variants else None, args.seed)
+    rows = run(args.model_dir, args.variants.split(";") if args.variants else None, args.seed)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -7,12 +7,14 @@ INT8_BUILD ?= build/int8
 # seeded scenes of training.shapes, seeds far from the training ones
 SHAPES_CALIBRATION := $(INT8_BUILD)/shapes-images/.written
 
-models-int8: $(MODELS)/mobilenet_v2-int8/model.onnx $(MODELS)/nanodet-coco-int8/model.onnx \
+models-int8: $(MODELS)/mobilenet_v2-int8/model.onnx \
 	$(MODELS)/shapes-yolo-int8/model.onnx $(MODELS)/shapes-unet-int8/model.onnx
 
 $(MODELS)/mobilenet_v2-int8/model.onnx: $(MODELS)/mobilenet_v2/model.onnx $(QUANTIZE_SRC)
 	$(PY) -m export quantize --model-dir $(MODELS)/mobilenet_v2 --out $(MODELS)/mobilenet_v2-int8
 
+# Not in models-int8: NanoDet fails its mAP gate with every recipe measured (docs/export.md);
+# `make models/nanodet-coco-int8/model.onnx` tries again and writes nothing when it fails.
 $(MODELS)/nanodet-coco-int8/model.onnx: $(MODELS)/nanodet-coco/model.onnx $(QUANTIZE_SRC)
 	$(PY) -m export quantize --model-dir $(MODELS)/nanodet-coco --out $(MODELS)/nanodet-coco-int8
 

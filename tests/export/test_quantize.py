@@ -21,6 +21,7 @@ from service.model_config import load_model_config
 from service.tasks.classification import ClassifyParams
 from service.tasks.factory import processor_for
 from tests.support import tiny_models
+from tests.support.server import MODELS
 
 pytestmark = pytest.mark.export
 
@@ -162,3 +163,21 @@ def test_exporter_quantize_flag_writes_the_int8_folder_or_nothing(tmp_path: Path
     refused = tmp_path / "refused-int8"
     assert main([*argv, "--min-top1-agreement", "1.01", "--out", str(refused)]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnv2-int8"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (MODELS / "mobilenet_v2" / "model.onnx").is_file(),
+    reason="mobilenet_v2 not built: run `make models`",
+)
+def test_mobilenet_v2_int8_passes_its_gate_with_the_default_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "mobilenet_v2-int8"
+    report = quantize_vision(MODELS / "mobilenet_v2", out, latency=False)
+    assert report["gate"]["counted"] == "images fp32 gives > 0.5"
+    assert report["gate"]["value"] >= 0.9
+    assert report["recipe"]["nodes_kept_fp32"] == [
+        "/classifier/classifier.1/Gemm",
+        "/features/features.0/features.0.0/Conv",
+    ]
+    config, labels = load_model_config(out)
+    assert config.name == "mobilenet_v2-int8" and len(labels) == 1000

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import torchvision
 from PIL import Image
@@ -247,9 +246,7 @@ def export_classifier(
             lambda input: model(input), path, samples, atol=atol, rtol=rtol, name=arch
         )
         if precision == "fp16":
-            half = Path(tmp) / "model-fp16.onnx"
-            parity["fp16"] = to_fp16(path, half, samples, name=arch)
-            onnx_model = onnx.load(str(half))
+            parity["fp16"], onnx_model = to_fp16(path, samples, name=arch)
     classes = onnx_model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if labels is None:
         imagenet = imagenet_labels(arch)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from export.classifiers import sample_images
@@ -183,20 +182,17 @@ def export_yolo(
         samples = [{"images": tensors[0][None]}, {"images": np.stack(tensors[:2])}]
         parity = check_parity(wrapper, path, samples, atol=1e-2, rtol=1e-4, name=out.name)
         if precision == "fp16":
-            half = Path(tmp) / "model-fp16.onnx"
             shown = yolo_shown(
                 processor, task, fmt, output_names, yolo.labels, [g for _, g in prepared]
             )
             default = FP16_SEG_LIMITS if task == "segment" else FP16_LIMITS
-            parity["fp16"] = to_fp16(
+            parity["fp16"], onnx_model = to_fp16(
                 path,
-                half,
                 samples,
                 name=out.name,
                 measure=detections_agree(shown, confidence=FP16_CONFIDENCE),
                 limits={**default, **(fp16_limits or {})},
             )
-            onnx_model = onnx.load(str(half))
         with torch.no_grad():
             result = wrapper(torch.from_numpy(tensors[0][None]))
     shapes = [list(t.shape[1:]) for t in (result if isinstance(result, tuple) else (result,))]

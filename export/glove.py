@@ -198,15 +198,12 @@ def export_glove(
             reference(table, pad_id), path, samples, atol=1e-5, rtol=1e-5, name=name
         )
         if precision == "fp16":
-            half = tmp / "model-fp16.onnx"
-            parity["fp16"] = to_fp16(
+            parity["fp16"], model = to_fp16(
                 path,
-                half,
                 samples,
                 name=name,
                 limits={**FP16_LIMITS, **(fp16_limits or {})},
             )
-            model = onnx.load(str(half))
         set_metadata(
             model,
             {

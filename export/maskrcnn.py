@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from export.classifiers import sample_images
@@ -106,10 +105,8 @@ def export_maskrcnn_model(
             min_mask_iou=min_mask_iou,
         )
         if precision == "fp16":
-            half = Path(tmp) / "model-fp16.onnx"
-            parity["fp16"] = to_fp16(
+            parity["fp16"], onnx_model = to_fp16(
                 path,
-                half,
                 [{"image": s} for s in samples],
                 name=out.name,
                 raw_outputs=(),
@@ -117,7 +114,6 @@ def export_maskrcnn_model(
                 measure=detections_agree(maskrcnn_shown, confidence=FP16_CONFIDENCE),
                 limits={**FP16_LIMITS, **(fp16_limits or {})},
             )
-            onnx_model = onnx.load(str(half))
     set_metadata(
         onnx_model,
         {

@@ -316,11 +316,12 @@ def check_nanodet_parity(
 
 
 def nanodet_fp16(
-    path: Path, half: Path, photos: list[bytes], limits: dict[str, float] | None = None
-) -> dict[str, Any]:
-    """``path`` (the final fp32 graph) converted to fp16 at ``half`` and checked against it on
-    ``photos`` at batch 1 and batch n: raw ``output0`` and the detections the service decodes
-    (:data:`FP16_LIMITS`, overridden by ``limits``)."""
+    path: Path, photos: list[bytes], limits: dict[str, float] | None = None
+) -> tuple[dict[str, Any], onnx.ModelProto]:
+    """``path`` (the final fp32 graph) converted to fp16 beside it (:func:`to_fp16`) and checked
+    against it on ``photos`` at batch 1 and batch n: raw ``output0`` and the detections the
+    service decodes (:data:`FP16_LIMITS`, overridden by ``limits``). Returns the report and the
+    fp16 graph."""
     from service.model_config import ImagePreprocessing
     from service.tasks.detection import DetectParams, DetectProcessor
     from service.tasks.imaging import ImageProcessor
@@ -337,7 +338,6 @@ def nanodet_fp16(
 
     return to_fp16(
         path,
-        half,
         [{"images": tensors[0][None]}, {"images": np.stack(tensors)}],
         name="nanodet",
         measure=detections_agree(shown, confidence=FP16_CONFIDENCE),
@@ -365,9 +365,7 @@ def export_nanodet(
         onnx.save(model, str(path))
         parity = check_nanodet_parity(path, tfjs_model, node_path, photos)
         if precision == "fp16":
-            half = Path(tmp) / "model-fp16.onnx"
-            parity["fp16"] = nanodet_fp16(path, half, photos, fp16_limits)
-            model = onnx.load(str(half))
+            parity["fp16"], model = nanodet_fp16(path, photos, fp16_limits)
     points = sum((SIZE // s) ** 2 for s in STRIDES)
     set_metadata(
         model,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from export.classifiers import sample_images
@@ -170,16 +169,13 @@ def export_semantic_model(
             lambda input: model(input), path, feeds, atol=1e-3, rtol=1e-3, name=out.name
         )
         if precision == "fp16":
-            half = Path(tmp) / "model-fp16.onnx"
-            parity["fp16"] = to_fp16(
+            parity["fp16"], onnx_model = to_fp16(
                 path,
-                half,
                 feeds,
                 name=out.name,
                 measure=class_maps_agree(lambda outputs, _: outputs["logits"].argmax(0)),
                 limits={**FP16_LIMITS, **(fp16_limits or {})},
             )
-            onnx_model = onnx.load(str(half))
     set_metadata(
         onnx_model,
         {

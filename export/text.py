@@ -284,15 +284,12 @@ def export_text(
             onnx_model = onnx.load(str(int8_path))
             variant = variant.replace("fp32", "int8")
         if precision == "fp16":
-            half = tmp / "model-fp16.onnx"
-            parity["fp16"] = to_fp16(
+            parity["fp16"], onnx_model = to_fp16(
                 path,
-                half,
                 samples,
                 name=out.name,
                 limits={**FP16_LIMITS, **(fp16_limits or {})},
             )
-            onnx_model = onnx.load(str(half))
             variant = variant.replace("fp32", "fp16")
         dims = int(hf_config.hidden_size)
         set_metadata(

@@ -6,11 +6,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger("export")
 
@@ -290,7 +293,6 @@ def _feed_subgraphs_fp32(model: Any) -> None:
     """After conversion: every float16 value of the main graph that a (float32) control-flow
     subgraph reads implicitly goes through a Cast to float32 first, and the subgraph reads that.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     graph = model.graph
@@ -338,7 +340,6 @@ def _feed_subgraphs_fp32(model: Any) -> None:
 
 def to_fp16(
     fp32_path: Path,
-    fp16_path: Path,
     samples: Sequence[dict[str, np.ndarray]],
     *,
     name: str,
@@ -350,9 +351,10 @@ def to_fp16(
     batch_axis: bool = True,
     keep_fp32_ops: Sequence[str] = (),
     keep_fp32_nodes: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], onnx.ModelProto]:
     """Write ``fp32_path`` converted to float16 (weights and compute; inputs and outputs stay
-    float32 for clients) to ``fp16_path``, and check it against the fp32 graph on ``samples``.
+    float32 for clients) to ``model-fp16.onnx`` beside it, and check it against the fp32 graph
+    on ``samples``.
 
     Raw check: each of ``raw_outputs`` (default: every float output) within ``rel_tol``·max|fp32|
     (``max_rel_diff``) and each row's cosine ≥ ``min_cosine``. Task check: ``measure`` (per
@@ -362,11 +364,13 @@ def to_fp16(
     ``keep_fp32_ops`` (op types) and ``keep_fp32_nodes`` (node names) stay float32, beside
     ONNX Runtime's default block list (NonMaxSuppression, TopK, RoiAlign, Range, CumSum, Min,
     Max, Upsample, ...). ONNX Runtime runs fp16 graphs on CPU too (slowly: it casts around the
-    ops that have no fp16 CPU kernel), so the check runs anywhere. Returns the report; raises
-    ParityError naming the measurement that failed."""
+    ops that have no fp16 CPU kernel), so the check runs anywhere. Returns the report and the
+    fp16 graph (loaded from the file it wrote); raises ParityError naming the measurement that
+    failed."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    fp16_path = fp32_path.parent / "model-fp16.onnx"
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(CONTROL_FLOW) | set(keep_fp32_ops))
     source = onnx.load(str(fp32_path))
     converted = convert_float_to_float16(
@@ -424,7 +428,7 @@ def to_fp16(
                 f"outputs {compared}, measured {worst}"
             )
     log.info("fp16 %s: %s", name, ", ".join(f"{k} {v:.4g}" for k, v in worst.items()))
-    return {
+    report: dict[str, Any] = {
         "max_rel_diff": worst["max_rel_diff"],
         "min_cosine": worst["min_cosine"],
         "outputs_compared": compared,
@@ -433,3 +437,4 @@ def to_fp16(
         "kept_fp32_nodes": list(keep_fp32_nodes),
         "size_ratio": fp16_path.stat().st_size / fp32_path.stat().st_size,
     }
+    return report, onnx.load(str(fp16_path))

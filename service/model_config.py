@@ -110,6 +110,15 @@ class Batching(_Strict):
     )
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000)
     max_queue_size: int = Field(default=256, gt=0, le=1_000_000)
+    instances: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description=(
+            "Sessions side by side, each on a model thread of its own (Triton's instance "
+            "group count); with the default threads setting the cores are divided among them."
+        ),
+    )
 
 
 class LatestVersions(_Strict):

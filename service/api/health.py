@@ -103,6 +103,7 @@ def model_info(entry: ModelEntry, defaults: list[str]) -> ModelInfo:
             max_batch_size=b.max_batch_size,
             max_delay_ms=b.max_delay_ms,
             max_queue_size=b.max_queue_size,
+            instances=b.instances,
         )
     if latest is not None and info.batching is not None:
         info.providers = latest.session.providers

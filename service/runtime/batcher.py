@@ -8,6 +8,10 @@ single-thread executor. While the model runs, the next batch accumulates in the 
 are completed on the event loop by the collector. A batch whose run raises is retried in halves,
 so an input that breaks the graph fails only its own request, not the ones batched with it.
 
+A model may have several instances (``batching.instances``: sessions side by side, as Triton's
+instance groups), each with its own model thread. The collector forms a batch only once an
+instance is free and hands it to that one, so instances never split a batch between them.
+
 A request that finds the model ``idle`` (nothing queued, nothing running) would be a batch of one
 anyway: ``run_alone`` runs its preparation, the model and its postprocessing as one job on the
 model thread, one thread hop instead of one per step (c=1 ``/detect`` 0.5 ms faster). Requests
@@ -96,17 +100,27 @@ class BatcherStats:
 BatchObserver = Callable[[int, float, float], None]  # batch size, mean queue s, inference s
 
 
+@dataclass
+class _Instance(Generic[In, Out]):
+    """One session's run and the single thread it runs on."""
+
+    run_batch: Callable[[list[In]], Sequence[Out]]
+    executor: ThreadPoolExecutor
+
+
 class DynamicBatcher(Generic[In, Out]):
     """``await submit(payload, deadline)`` → ``BatchResult`` of ``run_batch([payload, ...])[i]``.
 
     ``run_batch`` runs on the model thread and must return exactly one output per input, in
-    order; anything else fails the whole batch with ``InferenceFailedError``.
+    order; anything else fails the whole batch with ``InferenceFailedError``. A sequence of them
+    is one per instance, each with a thread of its own.
     """
 
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[list[In]], Sequence[Out]],
+        run_batch: Callable[[list[In]], Sequence[Out]]
+        | Sequence[Callable[[list[In]], Sequence[Out]]],
         *,
         max_batch_size: int,
         max_delay_ms: float,
@@ -115,7 +129,18 @@ class DynamicBatcher(Generic[In, Out]):
         trace_attributes: Mapping[str, str | int | float | bool] | None = None,
     ) -> None:
         self.name = name
-        self._run_batch = run_batch
+        runners = [run_batch] if callable(run_batch) else list(run_batch)
+        self._instances: list[_Instance[In, Out]] = [
+            _Instance(
+                run,
+                ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"model-{name}" + (f"-{i}" if i else "")
+                ),
+            )
+            for i, run in enumerate(runners)
+        ]
+        self._free: asyncio.Queue[_Instance[In, Out]] | None = None
+        self._runs: set[asyncio.Task[None]] = set()  # batches handed to an instance, running
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
@@ -124,7 +149,6 @@ class DynamicBatcher(Generic[In, Out]):
         self._trace_attributes = dict(trace_attributes or {"ortserve.model": name})
         self._queue: _Queue[In, Out] | None = None
         self._collector: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._accepting = False
         self._last_batch_size = 1
         self._active = 0  # batches taken off the queue, or lone runs, not finished yet
@@ -134,15 +158,31 @@ class DynamicBatcher(Generic[In, Out]):
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._queue = _Queue(maxsize=self.max_queue_size)
+        self._free = asyncio.Queue()
+        for instance in self._instances:
+            self._free.put_nowait(instance)
         self._accepting = True
         self._collector = asyncio.get_running_loop().create_task(
             self._collect(), name=f"batcher-{self.name}"
         )
         self._collector.add_done_callback(self._on_collector_done)
 
+    @property
+    def instances(self) -> int:
+        return len(self._instances)
+
     def _on_collector_done(self, task: asyncio.Task[None]) -> None:
+        self._died(task, "batch collector stopped")
+
+    def _on_run_done(self, task: asyncio.Task[None]) -> None:
+        self._runs.discard(task)
+        self._died(task, "batch run failed outside the model")
+
+    def _died(self, task: asyncio.Task[None], what: str) -> None:
+        """A collector or run task that raised: the batcher can no longer be trusted to answer,
+        so it fails what is queued and reports itself unhealthy."""
         if not task.cancelled() and task.exception() is not None:
-            self.error = f"batch collector stopped: {type(task.exception()).__name__}"
+            self.error = f"{what}: {type(task.exception()).__name__}"
             self._accepting = False
             log.error("model %s: %s", self.name, self.error, exc_info=task.exception())
             self._fail_queued(InferenceFailedError(f"model {self.name!r} is not serving"))
@@ -173,12 +213,14 @@ class DynamicBatcher(Generic[In, Out]):
             if not self._collector.done():  # a dead collector drains nothing: do not wait for it
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._queue.join(), timeout=drain_timeout_s)
-            self._collector.cancel()
-            # its death was logged when it happened (_on_collector_done); shutdown goes on
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._collector
+            tasks = [self._collector, *self._runs]
+            for task in tasks:
+                task.cancel()
+            # a death was logged when it happened (_on_collector_done); shutdown goes on
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_queued(NotReadyError(f"model {self.name!r} is shutting down"))
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for instance in self._instances:
+            instance.executor.shutdown(wait=True, cancel_futures=True)
 
     def _fail_queued(self, error: ServiceError) -> None:
         if self._queue is None:
@@ -255,7 +297,7 @@ class DynamicBatcher(Generic[In, Out]):
             started = time.perf_counter()
             span_ns.append(tracing.now_ns())
             try:
-                outputs = self._run_batch([payload])
+                outputs = instance.run_batch([payload])
                 if len(outputs) != 1:
                     raise _OutputCountError(f"run_batch returned {len(outputs)} outputs for 1")
             except ServiceError as exc:
@@ -270,9 +312,14 @@ class DynamicBatcher(Generic[In, Out]):
                 batch_trace.append(batch)
             return outputs[0]
 
+        # an instance the collector is not holding, else the first (an idle model with one
+        # instance: the collector holds it while it waits for an item, and runs nothing on it)
+        free = self._free
+        borrowed = free.get_nowait() if free is not None and not free.empty() else None
+        instance = borrowed or self._instances[0]
         self._active += 1
-        future = loop.run_in_executor(self._executor, job, run_one)
-        future.add_done_callback(self._lone_run_done)
+        future = loop.run_in_executor(instance.executor, job, run_one)
+        future.add_done_callback(lambda done: self._lone_run_done(done, borrowed))
         done, _ = await asyncio.wait({future}, timeout=deadline - loop.time())
         if not done:  # it runs on; _lone_run_done drops its result
             raise DeadlineExceededError(
@@ -307,8 +354,12 @@ class DynamicBatcher(Generic[In, Out]):
             parent=parent,
         )
 
-    def _lone_run_done(self, future: asyncio.Future[Any]) -> None:
+    def _lone_run_done(
+        self, future: asyncio.Future[Any], borrowed: _Instance[In, Out] | None
+    ) -> None:
         self._active -= 1
+        if borrowed is not None and self._free is not None:
+            self._free.put_nowait(borrowed)
         if not future.cancelled():
             future.exception()  # retrieved: a run that outlived its deadline logs nothing more
 
@@ -345,26 +396,32 @@ class DynamicBatcher(Generic[In, Out]):
 
     async def _collect(self) -> None:
         assert self._queue is not None
-        queue = self._queue
+        assert self._free is not None
+        queue, free = self._queue, self._free
         loop = asyncio.get_running_loop()
         while True:
+            instance = await free.get()  # collect only for an instance that can run it now
             first = await queue.get()
             self._active += 1
-            try:
-                await self._collect_and_run(first, queue, loop)
-            finally:
+            batch = await self._gather(first, queue, loop)
+            if not batch:
                 self._active -= 1
+                free.put_nowait(instance)
+                continue
+            run = loop.create_task(self._run_on(instance, batch, queue, loop))
+            self._runs.add(run)
+            run.add_done_callback(self._on_run_done)
 
-    async def _collect_and_run(
+    async def _gather(
         self,
         first: _Item[In, Out],
         queue: asyncio.Queue[_Item[In, Out]],
         loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        """Gather a batch that starts with ``first`` and run it."""
+    ) -> list[_Item[In, Out]]:
+        """A batch that starts with ``first`` (empty when its client has already gone)."""
         if not await self._alive(first, loop.time()):
             queue.task_done()
-            return
+            return []
         batch = [first]
         wait_until = loop.time() + (self.max_delay_s if self._last_batch_size > 1 else 0.0)
         while len(batch) < self.max_batch_size:
@@ -382,8 +439,18 @@ class DynamicBatcher(Generic[In, Out]):
                 batch.append(item)
             else:
                 queue.task_done()
+        return batch
+
+    async def _run_on(
+        self,
+        instance: _Instance[In, Out],
+        batch: list[_Item[In, Out]],
+        queue: asyncio.Queue[_Item[In, Out]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Run ``batch`` on ``instance``, then give the instance back to the collector."""
         try:
-            await self._run(batch, loop)
+            await self._run(instance, batch, loop)
         except asyncio.CancelledError:
             # stop() gave up waiting for this batch: answer its requests now, not at their deadline
             for item in batch:
@@ -395,16 +462,24 @@ class DynamicBatcher(Generic[In, Out]):
         finally:
             for _ in batch:
                 queue.task_done()
+            self._active -= 1
+            assert self._free is not None
+            self._free.put_nowait(instance)
 
     async def _run(
-        self, batch: list[_Item[In, Out]], loop: asyncio.AbstractEventLoop, *, retry: bool = False
+        self,
+        instance: _Instance[In, Out],
+        batch: list[_Item[In, Out]],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        retry: bool = False,
     ) -> None:
         started = loop.time()
         started_ns = tracing.now_ns()
         self._last_batch_size = len(batch)
         try:
             outputs = await loop.run_in_executor(
-                self._executor, self._run_batch, [item.payload for item in batch]
+                instance.executor, instance.run_batch, [item.payload for item in batch]
             )
             if len(outputs) != len(batch):
                 raise _OutputCountError(
@@ -425,8 +500,8 @@ class DynamicBatcher(Generic[In, Out]):
                     type(exc).__name__,
                 )
                 half = len(pending) // 2
-                await self._run(pending[:half], loop, retry=True)
-                await self._run(pending[half:], loop, retry=True)
+                await self._run(instance, pending[:half], loop, retry=True)
+                await self._run(instance, pending[half:], loop, retry=True)
                 return
             error = self._failure(len(batch), exc)
             for item in batch:

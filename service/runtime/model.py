@@ -22,10 +22,11 @@ from service.runtime.session import (
     OrtSession,
     Provider,
     SessionError,
+    cores_per_session,
     runtime_providers,
 )
 from service.runtime.validate import validate_against_graph, warmup_feeds
-from service.runtime_config import OpenVINOProvider, RuntimeConfig
+from service.runtime_config import CpuProvider, OpenVINOProvider, RuntimeConfig
 from service.settings import Settings
 from service.tasks.base import Feeds, Outputs
 from service.tasks.factory import Processor, processor_for
@@ -87,20 +88,20 @@ class LoadedModel:
 def open_session(
     path: Path, config: ModelConfig, settings: Settings, providers: list[str]
 ) -> OrtSession:
-    """The model's session: its ``runtime:`` block where it has one, else the global settings
-    (``providers`` resolved from ORTSERVE_PROVIDERS)."""
+    """One of the model's sessions: its ``runtime:`` block where it has one, else the global
+    settings (``providers`` resolved from ORTSERVE_PROVIDERS). With several instances and the
+    default threads setting (0, one per core), each session gets its share of the cores."""
     runtime = config.runtime
     if runtime is None and OPENVINO in providers:
         # ORTSERVE_PROVIDERS=openvino: the block's defaults, so it gets the same options
         runtime = RuntimeConfig(providers=[OpenVINOProvider(name="openvino")])
+    cpu = runtime.cpu() if runtime is not None else CpuProvider(name="cpu")
+    threads = settings.intra_op_threads if cpu.intra_op_threads is None else cpu.intra_op_threads
+    spinning = settings.ort_allow_spinning if cpu.allow_spinning is None else cpu.allow_spinning
+    if config.batching.instances > 1:  # OpenVINO's thread count defaults to this share too
+        threads = cores_per_session(threads, config.batching.instances)
     chosen: list[Provider] = list(providers)
-    threads, spinning = settings.intra_op_threads, settings.ort_allow_spinning
     if runtime is not None:
-        cpu = runtime.cpu()
-        threads = (
-            settings.intra_op_threads if cpu.intra_op_threads is None else cpu.intra_op_threads
-        )
-        spinning = settings.ort_allow_spinning if cpu.allow_spinning is None else cpu.allow_spinning
         chosen = runtime_providers(
             runtime,
             path,
@@ -142,23 +143,31 @@ def build_model(
     model_path = folder / config.model_file
     if not model_path.is_file():
         raise ConfigError(f"model {name!r}: model_file {config.model_file!r} not found")
-    session = open_session(model_path, config, settings, providers)
+    sessions = [
+        open_session(model_path, config, settings, providers)
+        for _ in range(config.batching.instances)
+    ]
+    session = sessions[0]
     validate_against_graph(config, list(labels), session)
     processor = processor_for(folder, config, labels, max_image_pixels=settings.max_image_pixels)
-    runner = BatchRunner(
-        session.run,
-        batched=config.batched,
-        collate=processor.collate,
-        bucket_by=processor.bucket_by,
-    )
+    runners = [
+        BatchRunner(
+            each.run,
+            batched=config.batched,
+            collate=processor.collate,
+            bucket_by=processor.bucket_by,
+        )
+        for each in sessions
+    ]
     # warm-up at the largest batch the batcher will form, so the first request is not slow
     try:
-        runner([warmup_feeds(config)] * max(1, config.batching.max_batch_size))
+        for runner in runners:
+            runner([warmup_feeds(config)] * max(1, config.batching.max_batch_size))
     except Exception as exc:
         raise SessionError(f"model {name!r}: warm-up run failed: {exc}") from exc
     batcher: DynamicBatcher[Feeds, Outputs] = DynamicBatcher(
         name,
-        runner,
+        runners,
         max_batch_size=config.batching.max_batch_size,
         max_delay_ms=config.batching.max_delay_ms,
         max_queue_size=config.batching.max_queue_size,
@@ -170,13 +179,14 @@ def build_model(
         },
     )
     log.info(
-        "model %s version %d: %s/%s on %s, max_batch_size=%d",
+        "model %s version %d: %s/%s on %s, max_batch_size=%d, instances=%d",
         name,
         version,
         config.task,
         config.format,
         session.provider,
         config.batching.max_batch_size,
+        config.batching.instances,
     )
     return LoadedModel(name, version, folder, config, tuple(labels), session, processor, batcher)
 

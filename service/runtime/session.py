@@ -259,6 +259,12 @@ def runtime_providers(
     return out
 
 
+def cores_per_session(threads: int, sessions: int = 1) -> int:
+    """Intra-op threads for one of a model's ``sessions``: ``threads`` when set, else (0, the
+    default) the machine's cores divided among the sessions, so instances do not oversubscribe."""
+    return threads or max(1, (os.cpu_count() or 1) // max(1, sessions))
+
+
 class OrtSession:
     """One ONNX Runtime inference session for one model.
 
@@ -281,7 +287,7 @@ class OrtSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = cores_per_session(intra_op_threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # the arena keeps every buffer it has handed out for reuse: faster runs, but RSS grows

@@ -84,6 +84,7 @@ class BatchingInfo(BaseModel):
     max_batch_size: int
     max_delay_ms: float
     max_queue_size: int
+    instances: int = Field(default=1, description="Sessions side by side, each on its own thread.")
     queue_depth: int = 0
     mean_batch_size: float = 0.0
     batches: int = Field(default=0, description="Runs since start-up.")

@@ -288,3 +288,53 @@ async def test_stop_answers_what_it_cut_off_at_once_with_not_ready() -> None:
         with pytest.raises(NotReadyError, match="shutting down"):
             await task
     assert loop.time() - started < 5  # not at their 30 s deadline
+
+
+async def test_two_instances_run_two_batches_at_once_and_never_split_one() -> None:
+    """Instance 0 is held on a batch; the next batch goes whole to instance 1 and finishes
+    first; nothing is collected while both are busy, so the third batch is the full cap."""
+    hold = threading.Event()
+    held, free = Recorder(hold), Recorder()
+    batcher = make([held, free])
+    assert batcher.instances == 2
+    first = asyncio.create_task(batcher.submit(100, deadline()))
+    await asyncio.sleep(0.05)  # instance 0 now runs [100] and is held
+    second = [asyncio.create_task(batcher.submit(i, deadline())) for i in range(3)]
+    done = await asyncio.gather(*second)  # instance 1 answers while instance 0 is still held
+    assert [r.value for r in done] == [0, 2, 4] and not first.done()
+    assert held.batches == [] and free.batches == [[0, 1, 2]]
+    assert free.thread_names == {"model-m-1_0"}
+    free.hold = threading.Event()  # now both instances are busy: the next items wait, whole
+    busy = asyncio.create_task(batcher.submit(7, deadline()))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(batcher.submit(i, deadline())) for i in range(10, 16)]
+    await asyncio.sleep(0.05)
+    hold.set()
+    free.hold.set()
+    results = await asyncio.gather(first, busy, *rest)
+    assert [r.value for r in results] == [200, 14, *[2 * i for i in range(10, 16)]]
+    assert held.batches[0] == [100] and free.batches[1] == [7]
+    later = sorted(held.batches[1:] + free.batches[2:])
+    assert later == [[10, 11, 12, 13], [14, 15]]  # capped at max_batch_size, none split
+    assert held.thread_names == {"model-m_0"}
+    await batcher.stop()
+
+
+async def test_a_lone_run_takes_an_instance_the_collector_is_not_holding() -> None:
+    hold = threading.Event()
+    first, second = Recorder(), Recorder()
+    batcher = make([first, second])
+
+    def job(run_one):  # the lone job holds its model thread
+        hold.wait(5)
+        return run_one(5)
+
+    lone = asyncio.create_task(batcher.run_alone(job, deadline()))
+    await asyncio.sleep(0.05)
+    queued = await batcher.submit(3, deadline())  # the other instance is free: it runs now
+    assert queued.value == 6 and not lone.done()
+    hold.set()
+    value, _ = await lone
+    assert value == 10
+    assert (first.batches, second.batches) in (([[5]], [[3]]), ([[3]], [[5]]))
+    await batcher.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from service.runtime.session import (
     CUDA,
     OPENVINO,
     TENSORRT,
+    cores_per_session,
     engine_cache_dir,
     runtime_providers,
 )
@@ -196,6 +198,39 @@ def test_a_served_model_runs_with_its_runtime_block_and_reports_it(tmp_path: Pat
             client.post("/classify", json={"images": [red_png_b64()], "model": "clf"}).status_code
             == 200
         )
+
+
+def test_instances_get_a_session_each_with_the_cores_shared_and_answer_alike(
+    tmp_path: Path,
+) -> None:
+    tiny_models.classifier(tmp_path / "two")
+    config = yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())
+    config.setdefault("batching", {})["instances"] = 2
+    (tmp_path / "two" / "config.yaml").write_text(yaml.safe_dump(config))
+    tiny_models.classifier(tmp_path / "one")
+    app = create_app(Settings(model_repository=tmp_path, default_classify_model="one"))
+    with TestClient(app) as client:
+        listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert listed["two"]["batching"]["instances"] == 2
+        assert listed["one"]["batching"]["instances"] == 1
+        model = app.state.registry.models["two"].latest
+        assert model.batcher.instances == 2
+        threads = model.session._session.get_session_options().intra_op_num_threads
+        assert threads == cores_per_session(0, 2) == max(1, (os.cpu_count() or 1) // 2)
+        body = {"images": [red_png_b64()], "top_k": 3}
+        answers = [
+            client.post("/classify", json={**body, "model": name}).json()["results"]
+            for name in ("one", "two", "two")
+        ]
+        assert answers[0] == answers[1] == answers[2]
+
+
+def test_cores_per_session_keeps_a_set_count_and_divides_the_default() -> None:
+    cores = os.cpu_count() or 1
+    assert cores_per_session(3, 4) == 3
+    assert cores_per_session(0) == cores
+    assert cores_per_session(0, 2) == max(1, cores // 2)
+    assert cores_per_session(0, 10 * cores) == 1
 
 
 def red_png_b64() -> str:

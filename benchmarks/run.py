@@ -62,13 +62,41 @@ from benchmarks.report import plot, render
 from benchmarks.scenarios import Scenario, scenarios
 from devtools.server import free_port, rss_mb
 from service.model_config import load_model_config
-from service.runtime.session import CPU, OrtSession
+from service.runtime.session import CPU, OrtSession, cores_per_session
 from service.settings import Settings
 from service.tasks.base import Feeds
 from service.tasks.factory import processor_for
 
 
 # -- the limit ------------------------------------------------------------------------------------
+def run_side_by_side(
+    sessions: list[OrtSession], feeds: Callable[[int], Feeds], size: int, seconds: float
+) -> tuple[float, int]:
+    """items/s and runs of ``sessions`` each running batches of ``size`` (``feeds(i)``, the
+    i-th run's) back to back for ``seconds``, each on a thread of its own (one: this thread)."""
+    counts = [0] * len(sessions)
+    started = time.perf_counter()
+    until = started + seconds
+
+    def loop(index: int) -> None:
+        n = 0
+        while time.perf_counter() < until:
+            sessions[index].run(feeds(n))
+            n += 1
+        counts[index] = n
+
+    if len(sessions) == 1:
+        loop(0)
+    else:
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    runs = sum(counts)
+    return runs * size / (time.perf_counter() - started), runs
+
+
 class Limit:
     """ONNX Runtime alone on one scenario's model: set up once, measured once per round."""
 
@@ -81,8 +109,21 @@ class Limit:
     ) -> None:
         folder = models / scenario.model
         config, labels = load_model_config(folder)
-        self.session = OrtSession(folder / config.model_file, providers=providers or [CPU])
-        self.providers = self.session.providers
+        path = folder / config.model_file
+        # the arrangements ORT alone can run the model in here: one session on all cores, and,
+        # where the config asks for instances, as many sessions side by side sharing the cores
+        # (as the server runs it); each round measures both and the limit is the better one
+        instances = config.batching.instances
+        self.arrangements: dict[int, list[OrtSession]] = {
+            n: [
+                OrtSession(
+                    path, providers=providers or [CPU], intra_op_threads=cores_per_session(0, n)
+                )
+                for _ in range(n)
+            ]
+            for n in sorted({1, instances})
+        }
+        self.providers = self.arrangements[1][0].providers
         self.samples = scenario.samples
         # the server's own processor (the one factory), so the limit prepares exactly as it does
         processor = processor_for(folder, config, labels, max_image_pixels=10**9)
@@ -116,31 +157,41 @@ class Limit:
 
     def measure(self, seconds: float) -> dict[str, Any]:
         """One round, ``seconds`` per measurement: items/s and ORT CPU ms per item at each batch
-        size on pre-made tensors, then items/s at each batch size with preparation beside it."""
+        size on pre-made tensors, then items/s at each batch size with preparation beside it;
+        each the better of the arrangements (``sessions``: which one it was)."""
         rates: dict[int, float] = {}
         cpu_ms: dict[int, float] = {}
+        sessions: dict[int, int] = {}
         single_ms = 0.0
         for size, batches in self.batches.items():
-            self.session.run(batches[0])
-            n, started, cpu_started = 0, time.perf_counter(), time.process_time()
-            while time.perf_counter() - started < seconds:
-                self.session.run(batches[n % len(batches)])
-                n += 1
-            elapsed = time.perf_counter() - started
-            rates[size] = n * size / elapsed
-            cpu_ms[size] = (time.process_time() - cpu_started) * 1000.0 / (n * size)
-            if size == 1:
-                single_ms = elapsed / n * 1000.0
+
+            def premade(i: int, batches: list[Feeds] = batches) -> Feeds:
+                return batches[i % len(batches)]
+
+            for n, arrangement in self.arrangements.items():
+                for session in arrangement:
+                    session.run(batches[0])
+                cpu_started = time.process_time()
+                rate, runs = run_side_by_side(arrangement, premade, size, seconds)
+                if rate > rates.get(size, 0.0):
+                    rates[size], sessions[size] = rate, n
+                    cpu_ms[size] = (time.process_time() - cpu_started) * 1000.0 / (runs * size)
+                if size == 1 and n == 1:
+                    single_ms = 1000.0 / rate
         return {
             "by_batch": rates,
             "cpu_ms": cpu_ms,
+            "sessions": sessions,
             "single_item_ms": single_ms,
             "with_preparation": {
-                size: self.with_preparation(size, seconds) for size in self.batches
+                size: max(
+                    self.with_preparation(size, seconds, a) for a in self.arrangements.values()
+                )
+                for size in self.batches
             },
         }
 
-    def with_preparation(self, size: int, seconds: float) -> float:
+    def with_preparation(self, size: int, seconds: float, sessions: list[OrtSession]) -> float:
         """items/s of the model at batch ``size`` while the raw samples are decoded and resized (or
         tokenized) beside it, in as many threads as the server's pool: what a server on this
         machine could reach before any HTTP, with every batch full."""
@@ -160,19 +211,16 @@ class Limit:
                 if stop.is_set():
                     return
 
-        def take() -> Feeds:
+        def take(_: int) -> Feeds:
             return self.collate([ready.get(timeout=60) for _ in range(size)])
 
         threads = [threading.Thread(target=produce, args=(w,), daemon=True) for w in range(workers)]
         for thread in threads:
             thread.start()
         try:
-            self.session.run(take())  # warm-up
-            n, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                self.session.run(take())
-                n += size
-            return n / (time.perf_counter() - started)
+            for session in sessions:
+                session.run(take(0))  # warm-up
+            return run_side_by_side(sessions, take, size, seconds)[0]
         finally:
             stop.set()
             for thread in threads:
@@ -188,6 +236,8 @@ class Limit:
             "single_item_ms": float(np.median([r["single_item_ms"] for r in rounds])),
             # CPU time of all ORT threads per item at the best batch: what an item costs the cores
             "cpu_ms_per_item": float(np.median([r["cpu_ms"][best] for r in rounds])),
+            # sessions side by side in the best batch's median round (1: one on all cores)
+            "sessions": int(np.median([r.get("sessions", {}).get(best, 1) for r in rounds])),
             "prepare_cpu_ms_per_item": self.prepare_ms,
             "with_preparation": {
                 "items_per_s": prepared[prepared_best],

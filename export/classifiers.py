@@ -28,6 +28,7 @@ from export.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ExportError,
+    add_instances_argument,
     export_onnx,
     set_metadata,
     write_model_folder,
@@ -188,6 +189,7 @@ def export_classifier(
     image_size: int | None = None,
     max_batch_size: int = 8,
     max_delay_ms: float = 2.0,
+    instances: int = 1,
     atol: float = 1e-3,
     rtol: float = 1e-3,
     opset: int = DEFAULT_OPSET,
@@ -281,6 +283,7 @@ def export_classifier(
             "max_batch_size": max_batch_size,
             "max_delay_ms": max_delay_ms,
             "max_queue_size": 512,
+            "instances": instances,
         },
     }
     write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
@@ -318,6 +321,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
+    add_instances_argument(p)
     p.add_argument("--simplify", action="store_true", help="fold constants before the check")
     p.add_argument(
         "--atol",
@@ -354,6 +358,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         image_size=args.image_size,
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
+        instances=args.instances,
         opset=args.opset,
         simplify=args.simplify,
         atol=args.atol,

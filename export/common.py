@@ -7,6 +7,7 @@ sibling folder, validated with the service's own config loader, then renamed int
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -30,6 +31,18 @@ METADATA_KEY = "ortserve"
 
 class ExportError(Exception):
     """The export cannot produce a valid model folder."""
+
+
+def add_instances_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        choices=range(1, 17),
+        metavar="N",
+        help="batching.instances in the config: N sessions side by side, each on its own model "
+        "thread with its share of the cores (default 1)",
+    )
 
 
 def tool_versions() -> dict[str, str]:

@@ -34,7 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from export.classifiers import sample_images
-from export.common import ExportError, set_metadata, write_model_folder
+from export.common import ExportError, add_instances_argument, set_metadata, write_model_folder
 from export.quantize import add_quantize_arguments
 from export.verify import Found, ParityError, detections_agree, to_fp16
 
@@ -352,6 +352,7 @@ def export_nanodet(
     out: Path,
     *,
     max_batch_size: int = 8,
+    instances: int = 1,
     precision: str = "fp32",
     fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -396,7 +397,12 @@ def export_nanodet(
             {"name": "output0", "dtype": "float32", "dims": [points, len(COCO_LABELS) + 4 * BINS]}
         ],
         "image": IMAGE,
-        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 256},
+        "batching": {
+            "max_batch_size": max_batch_size,
+            "max_delay_ms": 2,
+            "max_queue_size": 256,
+            "instances": instances,
+        },
     }
     write_model_folder(out, model, config, labels=COCO_LABELS, parity=parity)
     return parity
@@ -414,6 +420,7 @@ def add_parser(subparsers: Any) -> None:
         "--node-path", type=Path, required=True, help="node_modules holding @tensorflow/tfjs"
     )
     p.add_argument("--max-batch-size", type=int, default=8)
+    add_instances_argument(p)
     p.add_argument(
         "--precision",
         choices=["fp32", "fp16"],
@@ -428,6 +435,7 @@ def add_parser(subparsers: Any) -> None:
             args.node_path,
             args.out,
             max_batch_size=args.max_batch_size,
+            instances=args.instances,
             precision=args.precision,
         )
     )

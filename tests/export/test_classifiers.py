@@ -57,9 +57,10 @@ def test_cli_exports_mobilenet_v2_with_a_dynamic_batch_axis(tmp_path: Path) -> N
 
     out = tmp_path / "mnv2"
     argv = ["classifier", "--arch", "mobilenet_v2", "--random-init", "--image-size", "96"]
-    assert main([*argv, "--max-batch-size", "32", "--out", str(out)]) == 0
+    assert main([*argv, "--max-batch-size", "32", "--instances", "2", "--out", str(out)]) == 0
     config, _ = load_model_config(out)
     assert config.batching.max_batch_size == 32
+    assert config.batching.instances == 2
     session = ort.InferenceSession(str(out / "model.onnx"))
     assert session.get_inputs()[0].shape == ["batch", 3, 96, 96]
     assert session.get_outputs()[0].shape == ["batch", 1000]
@@ -159,6 +160,11 @@ def test_cli_exits_non_zero_on_bad_arguments(tmp_path: Path) -> None:
     argv = ["classifier", "--arch", "not_a_model", "--random-init", "--out", str(tmp_path / "x")]
     assert main(argv) == 1
     assert not (tmp_path / "x").exists()
+    good = ["classifier", "--arch", "mobilenet_v2", "--random-init", "--out", str(tmp_path / "y")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*good, "--instances", "0"])  # argparse refuses it before anything is exported
+    assert exit_.value.code == 2
+    assert not (tmp_path / "y").exists()
 
 
 def test_the_offline_mobilenet_v2_weights_are_found() -> None:

@@ -218,6 +218,9 @@ class DynamicBatcher(Generic[In, Out]):
                 task.cancel()
             # a death was logged when it happened (_on_collector_done); shutdown goes on
             await asyncio.gather(*tasks, return_exceptions=True)
+            # the cancelled collector's traceback holds its frame, which holds this batcher: let
+            # the task go, or the model's sessions wait for the cycle collector to be freed
+            self._collector = None
         self._fail_queued(NotReadyError(f"model {self.name!r} is shutting down"))
         for instance in self._instances:
             instance.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 
 import pytest
 
@@ -338,3 +340,20 @@ async def test_a_lone_run_takes_an_instance_the_collector_is_not_holding() -> No
     assert value == 10
     assert (first.batches, second.batches) in (([[5]], [[3]]), ([[3]], [[5]]))
     await batcher.stop()
+
+
+async def test_a_stopped_batcher_is_freed_by_reference_counting_alone() -> None:
+    """A retired model version must free its sessions when the registry lets it go, not when the
+    cycle collector next runs: a reload would otherwise keep every old version resident."""
+    gc.collect()
+    gc.disable()
+    try:
+        batcher = make([Recorder(), Recorder()])
+        assert (await batcher.submit(3, deadline())).value == 6
+        await batcher.stop(1.0)
+        gone = weakref.ref(batcher)
+        del batcher
+        await asyncio.sleep(0)  # the stop's own tasks finish
+        assert gone() is None
+    finally:
+        gc.enable()

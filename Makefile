@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-gpu bench-tracing soak clean-models
+.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-ceiling bench-gpu bench-tracing soak clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ lint: install
 # CHECK=1: compare with the targets table of docs/benchmarks.md, exit 1 naming each one missed
 bench: models
 	$(PY) -m benchmarks.run --models $(MODELS)$(if $(CHECK), --check)
+
+# What serving itself costs: each scenario on a no-op twin of its model beside the model alone and
+# the real server, so ceiling / limit is the most a "served ≥ x × the limit" target can reach on
+# this machine (benchmarks/ceiling.py, docs/benchmarks.md)
+bench-ceiling: models
+	$(PY) -m benchmarks.ceiling --models $(MODELS) --only classify,detect,embed-same --rounds 3
 
 # What tracing costs: /embed at c=32 with tracing off, and on at sampling ratios 1.0 and 0.01
 # (OTLP/HTTP to a receiver in the benchmark), in alternated rounds (benchmarks/tracing.py)

@@ -10,7 +10,7 @@ DEFAULT_MODELS += $(QUICK_MODELS)
 
 $(MODELS)/mobilenet_v2/model.onnx: $(EXPORT_SRC) export/classifiers.py | $(VENV)/.installed
 	$(PY) -m export classifier --arch mobilenet_v2 --checkpoint "$(MNV2_WEIGHTS)" \
-		--max-batch-size 32 --max-delay-ms 2 --instances 2 --out $(MODELS)/mobilenet_v2
+		--max-batch-size 32 --max-delay-ms 2 --out $(MODELS)/mobilenet_v2
 
 $(MODELS)/all-MiniLM-L6-v2/model.onnx: $(EXPORT_SRC) export/text.py | $(VENV)/.installed
 	$(PY) -m export text --model-dir "$(MINILM_DIR)" --max-length 256 \

@@ -40,4 +40,4 @@ $(NANODET_ONNX): $(NANODET_TFJS) export/tfjs/convert.py | $(TF_VENV)/.installed
 $(MODELS)/nanodet-coco/model.onnx: $(EXPORT_SRC) export/nanodet.py export/tfjs/reference.cjs \
 		$(NANODET_ONNX) | $(COCO_BUILD)/node/.installed $(VENV)/.installed
 	$(PY) -m export nanodet --tfjs-model $(NANODET_TFJS) --converted $(NANODET_ONNX) \
-		--node-path $(COCO_BUILD)/node/node_modules --instances 2 --out $(MODELS)/nanodet-coco
+		--node-path $(COCO_BUILD)/node/node_modules --out $(MODELS)/nanodet-coco

@@ -31,7 +31,8 @@ import httpx
 import yaml
 
 from benchmarks.harness import ROOT, load, load_measured, median_run, ortserve_server, save_results
-from benchmarks.run import Limit, round_ratios
+from benchmarks.limit import Limit
+from benchmarks.run import round_ratios
 from benchmarks.scenarios import Scenario, photo_jpeg
 from service.model_config import load_model_config
 from service.runtime.session import CUDA, SessionError, resolve_providers

@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.harness import load, load_measured, ortserve_server
-from benchmarks.run import Limit
+from benchmarks.limit import Limit
 from benchmarks.scenarios import Scenario, scenarios
 from service.model_config import ModelConfig, load_model_config
 

@@ -1,4 +1,4 @@
-"""benchmarks.run.Limit: the model alone in every arrangement the server may run it in (one
+"""benchmarks.limit.Limit: the model alone in every arrangement the server may run it in (one
 session on all cores; with ``instances``, that many sessions side by side), the better counted."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from benchmarks.run import Limit
+from benchmarks.limit import Limit
 from benchmarks.scenarios import Scenario
 from tests.support import tiny_models
 

@@ -33,7 +33,8 @@ from service.api import (
     v2,
 )
 from service.api import openapi as openapi_docs
-from service.api.deps import check_api_key
+from service.api.deps import check_admin, check_api_key
+from service.auth import Guard
 from service.errors import INTERNAL_MESSAGE, ClientDisconnectedError, ServiceError, service_body
 from service.inference import Inference
 from service.metrics import Metrics, MetricsMiddleware
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.metrics = metrics
+    app.state.guard = Guard(settings.api_keys, settings.admin_keys, settings.management_networks)
     _install_error_handlers(app)
     protected = [Depends(check_api_key)]
     for module in (classify, detect, segment, embed, pipelines):
@@ -186,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.models_router, dependencies=protected)
     app.include_router(health.router)
     app.include_router(v2.router, dependencies=protected)
-    app.include_router(repository.router, dependencies=protected)
+    app.include_router(repository.router, dependencies=[Depends(check_admin)])
     app.include_router(v2.health_router)
     app.include_router(openai.router, dependencies=protected)
     app.include_router(demo.router)

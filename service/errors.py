@@ -53,6 +53,13 @@ class UnauthorizedError(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class ForbiddenError(ServiceError):
+    """Authenticated or not, this caller may not do this (management from an untrusted network)."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
 class ModelNotFoundError(ServiceError):
     status_code = 404
     error_type = "model_not_found"
@@ -131,6 +138,8 @@ def openai_type(status: int) -> str:
     """OpenAI's error ``type`` for a status."""
     if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "permission_error"
     if status == 429:
         return "rate_limit_error"
     if status >= 500:

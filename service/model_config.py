@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service import paths
 from service.runtime_config import RuntimeConfig
 
 Task = Literal["classify", "detect", "segment", "embed"]
@@ -48,6 +49,15 @@ _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
 class ConfigError(Exception):
     """A model folder that cannot be served; the message names the model and the field."""
+
+
+def inside(folder: Path, value: str, *, model: str, field: str) -> Path:
+    """The file a config field names, resolved inside ``folder`` (symlinks followed); a value
+    or a link that leaves it is a ``ConfigError`` naming the model and the field."""
+    try:
+        return paths.inside(folder, value)
+    except paths.PathEscapeError as exc:
+        raise ConfigError(f"model {model!r}: field {field}: {exc}") from None
 
 
 class _Strict(BaseModel):
@@ -338,7 +348,7 @@ def _read_config(
     name = name or folder.name
     if not _MODEL_NAME_RE.match(name):
         raise ConfigError(f"model {name!r}: folder name is not a valid model identifier")
-    path = folder / "config.yaml"
+    path = inside(folder, "config.yaml", model=name, field="config.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -406,11 +416,20 @@ def load_model_config(
             "load_pipeline_config (it has no graph, labels or batching of its own)"
         )
     config = _validated(ModelConfig, name, raw)
+    links = paths.escaping_links(folder)
+    if links:
+        raise ConfigError(
+            f"model {name!r}: {', '.join(links[:5])} link(s) to a file outside the model folder; "
+            "the files a model uses must be inside its folder"
+        )
+    inside(folder, config.model_file, model=name, field="model_file")
+    if config.text is not None:
+        inside(folder, config.text.tokenizer, model=name, field="text.tokenizer")
     labels: list[str] = []
     if isinstance(config.labels, list):
         labels = list(config.labels)
     elif isinstance(config.labels, str):
-        label_path = folder / config.labels
+        label_path = inside(folder, config.labels, model=name, field="labels")
         if not label_path.is_file():
             raise ConfigError(f"model {name!r}: field labels: file {config.labels!r} not found")
         try:

@@ -19,7 +19,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.paths import relative_path_error
+
+
+def _cache_subfolder(value: str | None) -> str | None:
+    """Caches the server writes live under one root (ORTSERVE_CACHE_ROOT): a subfolder, never an
+    absolute path or one climbing out with '..'."""
+    why = None if value is None else relative_path_error(value)
+    if why is not None:
+        raise ValueError(f"{value!r} {why.replace('model folder', 'cache root')}")
+    return value
 
 
 class _Options(BaseModel):
@@ -56,10 +67,16 @@ class TensorRTProvider(_Options):
         default=True, description="Keep built engines on disk, keyed by model, GPU and TensorRT."
     )
     engine_cache_path: str | None = Field(
-        default=None, description="Folder for the engines; default <model folder>/.trt-cache."
+        default=None,
+        description=(
+            "Subfolder for the engines under <ORTSERVE_CACHE_ROOT>/tensorrt/<model>; default that "
+            "folder itself. Relative, no '..'."
+        ),
     )
     max_workspace_size_mb: int | None = Field(default=None, gt=0)
     builder_optimization_level: int | None = Field(default=None, ge=0, le=5)
+
+    _relative = field_validator("engine_cache_path")(_cache_subfolder)
 
 
 # what OpenVINO's ONNX Runtime provider accepts per device (it refuses the rest at session
@@ -85,8 +102,13 @@ class OpenVINOProvider(_Options):
     )
     cache_dir: str | None = Field(
         default=None,
-        description="Keep compiled models here (relative: to the model folder) for faster starts.",
+        description=(
+            "Keep compiled models for faster starts, in this subfolder of "
+            "<ORTSERVE_CACHE_ROOT>/openvino/<model>. Relative, no '..'."
+        ),
     )
+
+    _relative = field_validator("cache_dir")(_cache_subfolder)
 
     @model_validator(mode="after")
     def _precision_fits_the_device(self) -> OpenVINOProvider:

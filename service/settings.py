@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,6 +21,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORTSERVE_", extra="ignore")
 
     model_repository: Path = Field(default=Path("models"), description="Folder of model folders.")
+    cache_root: Path | None = Field(
+        default=None,
+        description=(
+            "The one folder the server writes caches to (TensorRT engines, OpenVINO compiled "
+            "models), one subfolder per provider and model; default <model_repository>/.cache."
+        ),
+    )
     providers: Literal["auto", "cpu", "cuda", "openvino"] = Field(
         default="auto",
         description="auto: CUDA when available, else CPU; openvino needs onnxruntime-openvino.",
@@ -114,17 +122,51 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated bearer tokens; empty = no auth."
     )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated bearer tokens for the repository calls (index, load, unload), "
+            "distinct from api_keys; empty = those calls only from management_networks."
+        ),
+    )
+    management_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description=(
+            "Comma-separated networks (CIDR) allowed the repository calls while no admin key is "
+            "set; default loopback only."
+        ),
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # NoDecode + this validator: plain comma-separated values in the environment, not JSON
-    _split_lists = field_validator("api_keys", "cors_origins", "startup_models", mode="before")(
-        _split_csv
-    )
+    _split_lists = field_validator(
+        "api_keys",
+        "admin_keys",
+        "management_networks",
+        "cors_origins",
+        "startup_models",
+        mode="before",
+    )(_split_csv)
+
+    @field_validator("management_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+        return value
 
     @property
     def preprocess_workers(self) -> int:
         """The preprocessing pool's size: ``preprocess_threads``, or min(4, cores) when 0."""
         return self.preprocess_threads or min(4, os.cpu_count() or 1)
+
+    @property
+    def caches(self) -> Path:
+        """``cache_root``, or the repository's hidden ``.cache`` folder (never a model)."""
+        return self.cache_root or self.model_repository / ".cache"
 
     def default_model(self, task: str) -> str:
         return str(getattr(self, f"default_{task}_model"))

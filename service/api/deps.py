@@ -4,7 +4,6 @@ the timing headers. Everything past parsing happens in ``service.inference``."""
 from __future__ import annotations
 
 import binascii
-import secrets
 from typing import Any, TypeVar
 
 import orjson
@@ -13,10 +12,10 @@ from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
+from service.auth import Caller, Guard
 from service.errors import (
     BadRequestError,
     PayloadTooLargeError,
-    UnauthorizedError,
     UnsupportedMediaTypeError,
 )
 from service.inference import Budget, Inference
@@ -43,19 +42,25 @@ def inference_of(request: Request) -> Inference:
     return request.app.state.inference  # type: ignore[no-any-return]
 
 
+def caller_of(request: Request) -> Caller:
+    client = request.client
+    return Caller.from_authorization(
+        client.host if client is not None else None, request.headers.get("authorization", "")
+    )
+
+
 async def check_api_key(request: Request) -> None:
     """Dependency: ``Authorization: Bearer <key>`` when ORTSERVE_API_KEYS is set."""
-    keys = settings_of(request).api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token_bytes = token.strip().encode()
-    # compare against every key (no early exit) in constant time per key
-    valid = False
-    for key in keys:
-        valid |= secrets.compare_digest(token_bytes, key.get_secret_value().encode())
-    if scheme.lower() != "bearer" or not valid:
-        raise UnauthorizedError()
+    guard_of(request).inference(caller_of(request))
+
+
+async def check_admin(request: Request) -> None:
+    """Dependency of the repository routes: an admin key, or a trusted network (service.auth)."""
+    guard_of(request).management(caller_of(request))
+
+
+def guard_of(request: Request) -> Guard:
+    return request.app.state.guard  # type: ignore[no-any-return]
 
 
 def budget_for(request: Request) -> Budget:

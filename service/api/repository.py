@@ -70,7 +70,7 @@ def _override(params: LoadRequest) -> dict[str, Any] | None:
     response_model=list[RepositoryModel],
     summary="Model repository index (v2 model-repository extension)",
     openapi_extra=json_body(RepositoryIndexRequest),
-    responses=error_responses(400, 401, 413, 422),
+    responses=error_responses(400, 401, 403, 413, 422),
 )
 async def index(request: Request) -> list[RepositoryModel]:
     params = await _body(request, RepositoryIndexRequest)
@@ -100,7 +100,7 @@ async def index(request: Request) -> list[RepositoryModel]:
         "what served before serving."
     ),
     openapi_extra=json_body(LoadRequest),
-    responses=error_responses(400, 401, 413, 422),
+    responses=error_responses(400, 401, 403, 413, 422),
 )
 async def load(name: str, request: Request) -> RepositoryActionResponse:
     registry = _control(request, "load", ("explicit", "poll"))
@@ -116,7 +116,7 @@ async def load(name: str, request: Request) -> RepositoryActionResponse:
     summary="Unload a model (v2 model-repository extension)",
     description="New requests get 404 at once; queued and running ones finish; then it is freed.",
     openapi_extra=json_body(UnloadRequest),
-    responses=error_responses(400, 401, 404, 413, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 422),
 )
 async def unload(name: str, request: Request) -> RepositoryActionResponse:
     registry = _control(request, "unload", ("explicit",))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.errors import BadRequestError
-from service.model_config import ConfigError, ModelConfig
+from service.model_config import ConfigError, ModelConfig, inside
 from service.runtime.batcher import BatchObserver, BatchRunner, DynamicBatcher
 from service.runtime.session import (
     OPENVINO,
@@ -109,6 +109,7 @@ def open_session(
             max_batch_size=config.batching.max_batch_size,
             cpu_threads=threads,
             model_name=config.name,
+            cache_root=settings.caches,
         )
     try:
         return OrtSession(
@@ -140,7 +141,7 @@ def build_model(
     ``SessionError`` naming the model; the batcher is built but not started.
     """
     name = config.name
-    model_path = folder / config.model_file
+    model_path = inside(folder, config.model_file, model=name, field="model_file")
     if not model_path.is_file():
         raise ConfigError(f"model {name!r}: model_file {config.model_file!r} not found")
     sessions = [

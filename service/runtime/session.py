@@ -192,12 +192,17 @@ def runtime_providers(
     cpu_threads: int = 0,
     available: Sequence[str] | None = None,
     model_name: str | None = None,
+    cache_root: Path | None = None,
 ) -> list[Provider]:
     """The ``runtime:`` block → ONNX Runtime providers with options, in its order, CPU last.
     Providers this build lacks are skipped with a warning. TensorRT gets optimisation profiles
     from batch 1 to ``max_batch_size`` (its engines are built at warm-up, at that batch).
     OpenVINO runs on its own threads: ``cpu_threads`` (the CPU provider's, 0 = all cores) is
-    its default count, so a thread setting holds whichever provider runs the model."""
+    its default count, so a thread setting holds whichever provider runs the model. The caches
+    they write (engines, compiled models) live under ``cache_root`` (default: a ``.cache``
+    folder beside the model file), in ``<provider>/<model>/<the block's subfolder>``."""
+    root = cache_root if cache_root is not None else model_path.parent / ".cache"
+    model_key = model_name or model_path.parent.name
     have = set(ort.get_available_providers() if available is None else available)
     out: list[Provider] = []
     for spec in runtime.providers:
@@ -225,7 +230,7 @@ def runtime_providers(
                 "trt_profile_max_shapes": _profile(inputs, batch),
             }
             if spec.engine_cache and name in have:  # the key needs the GPU and TensorRT
-                base = Path(spec.engine_cache_path or model_path.parent / ".trt-cache")
+                base = root / "tensorrt" / model_key / (spec.engine_cache_path or ".")
                 options["trt_engine_cache_path"] = str(
                     engine_cache_dir(
                         base,
@@ -246,7 +251,7 @@ def runtime_providers(
             if threads:
                 options["num_of_threads"] = str(threads)
             if spec.cache_dir is not None:
-                options["cache_dir"] = str(model_path.parent / spec.cache_dir)
+                options["cache_dir"] = str(root / "openvino" / model_key / spec.cache_dir)
         if name not in have:
             log.warning(
                 "%s: %s is not in this onnxruntime build; skipped",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.model_config import ConfigError, ModelConfig
+from service.model_config import ConfigError, ModelConfig, inside
 from service.tasks.classification import ClassifyProcessor
 from service.tasks.detection import DetectProcessor
 from service.tasks.embedding import EmbedProcessor, TextEncoder
@@ -27,7 +27,7 @@ def processor_for(
     ``ConfigError`` naming the model and the field."""
     outputs = [o.name for o in config.outputs]
     if config.text is not None:
-        tokenizer = folder / config.text.tokenizer
+        tokenizer = inside(folder, config.text.tokenizer, model=config.name, field="text.tokenizer")
         if not tokenizer.is_file():
             raise ConfigError(
                 f"model {config.name!r}: text.tokenizer {config.text.tokenizer!r} not found"

@@ -34,7 +34,8 @@ def test_a_default_not_built_yet_is_503_being_built_and_the_rest_serves(tmp_path
 def test_without_poll_mode_a_missing_default_is_404(tmp_path: Path) -> None:
     tiny_models.classifier(tmp_path / "clf")
     settings = Settings(model_repository=tmp_path, default_classify_model="clf")
-    with TestClient(create_app(settings)) as client:
+    # from loopback: management is allowed there (service.auth) and the mode is what refuses
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         image = b64(png(solid((255, 0, 0))))
         assert client.post("/detect", json={"images": [image]}).status_code == 404
         refused = client.post("/v2/repository/models/clf/load")

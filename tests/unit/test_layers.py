@@ -100,6 +100,7 @@ SERVICE_LAYERS = {
         "service.tasks",
         "service.model_config",
         "service.runtime_config",
+        "service.paths",
         "service.errors",
     },
     "service.runtime": {
@@ -107,6 +108,7 @@ SERVICE_LAYERS = {
         "service.tasks",
         "service.model_config",
         "service.runtime_config",
+        "service.paths",
         "service.errors",
         "service.settings",
         "service.tracing",  # the batch spans; it imports only settings and asgi (below)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.model_config import ConfigError, load_model_config
@@ -122,7 +123,7 @@ def test_each_provider_gets_its_onnxruntime_options_in_order_cpu_last(tmp_path: 
     assert cpu == {}
 
 
-def test_openvino_gets_the_cpu_thread_count_and_a_cache_in_the_model_folder(
+def test_openvino_gets_the_cpu_thread_count_and_a_cache_under_the_cache_root(
     tmp_path: Path,
 ) -> None:
     def openvino_options(spec: dict[str, Any], cpu_threads: int) -> object:
@@ -134,6 +135,8 @@ def test_openvino_gets_the_cpu_thread_count_and_a_cache_in_the_model_folder(
             max_batch_size=8,
             cpu_threads=cpu_threads,
             available=[OPENVINO, CPU],
+            model_name="mnv2",
+            cache_root=tmp_path / "caches",
         )
         assert [name for name, _ in got] == [OPENVINO, CPU]
         return got[0][1]
@@ -148,8 +151,16 @@ def test_openvino_gets_the_cpu_thread_count_and_a_cache_in_the_model_folder(
     assert openvino_options({"num_of_threads": 1, "cache_dir": ".ov-cache"}, cpu_threads=2) == {
         "device_type": "CPU",
         "num_of_threads": "1",
-        "cache_dir": str(tmp_path / ".ov-cache"),
+        "cache_dir": str(tmp_path / "caches" / "openvino" / "mnv2" / ".ov-cache"),
     }
+
+
+@pytest.mark.parametrize("value", ["/tmp/engines", "../engines", "a/../../b", "C:\\engines", ""])
+@pytest.mark.parametrize("field", ["engine_cache_path", "cache_dir"])
+def test_cache_folders_that_leave_the_cache_root_are_refused(field: str, value: str) -> None:
+    provider = "tensorrt" if field == "engine_cache_path" else "openvino"
+    with pytest.raises(ValidationError, match=r"cache root|is empty"):
+        RuntimeConfig.model_validate({"providers": [{"name": provider, field: value}]})
 
 
 def test_providers_the_build_lacks_are_skipped_with_a_warning(

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -20,23 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service import __version__, tracing
-from service.api import (
-    classify,
-    demo,
-    detect,
-    embed,
-    health,
-    openai,
-    pipelines,
-    repository,
-    segment,
-    v2,
-)
+from service.api import demo, embed, health, openai, pipelines, repository, v2, vision
 from service.api import openapi as openapi_docs
-from service.api.deps import check_admin, check_api_key
 from service.auth import Guard
+from service.core import Core
 from service.errors import INTERNAL_MESSAGE, ClientDisconnectedError, ServiceError, service_body
-from service.inference import Inference
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import (
     BodyLimitMiddleware,
@@ -140,8 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         registry = ModelRegistry(settings, observer=metrics)
         metrics.watch(registry)
-        app.state.registry = registry
-        app.state.inference = Inference(registry, pool, settings)
+        core = Core(settings, registry, pool, guard)
+        app.state.core = core
+        app.state.registry = registry  # for tests and tools that look inside
         # loading and warm-up block: keep them off the event loop so /health/live answers
         await asyncio.to_thread(registry.load)
         registry.start()
@@ -150,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.model_control == "poll"
             else None
         )
-        app.state.ready = True
+        core.started = True
         log.info(
             "ready: %d model(s) from %s (model control: %s)",
             len(registry.models),
@@ -160,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            app.state.ready = False
+            core.started = False
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -178,19 +167,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         **_NO_NATIVE_TELEMETRY,
     )
     app.state.settings = settings
-    app.state.ready = False
     app.state.metrics = metrics
-    app.state.guard = Guard(settings.api_keys, settings.admin_keys, settings.management_networks)
+    guard = Guard(settings.api_keys, settings.admin_keys, settings.management_networks)
     _install_error_handlers(app)
-    protected = [Depends(check_api_key)]
-    for module in (classify, detect, segment, embed, pipelines):
-        app.include_router(module.router, dependencies=protected)
-    app.include_router(health.models_router, dependencies=protected)
+    # every route that reaches a model or its metadata asks the core for a context, which checks
+    # the caller's key (service.auth); the probes, metrics, docs and demo files are public
+    for module in (vision, embed, pipelines):
+        app.include_router(module.router)
+    app.include_router(health.models_router)
     app.include_router(health.router)
-    app.include_router(v2.router, dependencies=protected)
-    app.include_router(repository.router, dependencies=[Depends(check_admin)])
+    app.include_router(v2.router)
+    app.include_router(repository.router)
     app.include_router(v2.health_router)
-    app.include_router(openai.router, dependencies=protected)
+    app.include_router(openai.router)
     app.include_router(demo.router)
     openapi_docs.install(app)
     if settings.cors_origins:

@@ -72,13 +72,13 @@ class Guard:
                     "ORTSERVE_ADMIN_KEYS"
                 )
             return
+        self.inference(caller)  # unauthenticated (401) before forbidden (403)
         if not self.trusted(caller.address):
             raise ForbiddenError(
                 "repository calls (index, load, unload) are allowed only from "
                 f"ORTSERVE_MANAGEMENT_NETWORKS ({self._described}) while no "
                 "ORTSERVE_ADMIN_KEYS is set"
             )
-        self.inference(caller)
 
     def trusted(self, address: str | None) -> bool:
         if address is None:  # a Unix socket: a local process

@@ -1,7 +1,10 @@
-"""Typed service errors. One base class, one handler (see ``service.app``).
+"""Typed service errors and the one table that maps each kind onto every protocol.
 
-Model and task code raise these; routes never build HTTP errors themselves. The message is
-sent to the client, so it must be actionable and must never contain internal exception text.
+Model and task code raise these; front ends never build protocol errors themselves. The message
+is sent to the client, so it must be actionable and must never contain internal exception text.
+Each class carries its row of the table: the HTTP status, the gRPC status code (by name, so that
+nothing here imports grpc) and the OpenAI error type, as TEI derives its HTTP and gRPC answers
+from one ``ErrorType`` table. ``tests/unit/test_errors.py`` checks every class has all three.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 class ServiceError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
+    grpc_code: str = "INTERNAL"  # a grpc.StatusCode name
+    openai_type: str = "server_error"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -20,6 +25,8 @@ class ServiceError(Exception):
 class BadRequestError(ServiceError):
     status_code = 400
     error_type = "bad_request"
+    grpc_code = "INVALID_ARGUMENT"
+    openai_type = "invalid_request_error"
 
 
 class ParamError(BadRequestError):
@@ -34,6 +41,7 @@ class LoadFailedError(BadRequestError):
     """A model (re)load that did not succeed; whatever served before still serves."""
 
     error_type = "load_failed"
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class InvalidImageError(BadRequestError):
@@ -43,11 +51,15 @@ class InvalidImageError(BadRequestError):
 class ValidationFailedError(ServiceError):
     status_code = 422
     error_type = "validation_error"
+    grpc_code = "INVALID_ARGUMENT"
+    openai_type = "invalid_request_error"
 
 
 class UnauthorizedError(ServiceError):
     status_code = 401
     error_type = "unauthorized"
+    grpc_code = "UNAUTHENTICATED"
+    openai_type = "authentication_error"
 
     def __init__(self, message: str = "missing or invalid API key") -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
@@ -58,26 +70,45 @@ class ForbiddenError(ServiceError):
 
     status_code = 403
     error_type = "forbidden"
+    grpc_code = "PERMISSION_DENIED"
+    openai_type = "permission_error"
+
+
+class NotFoundError(ServiceError):
+    """A path or resource that does not exist (not a model: that is ``ModelNotFoundError``)."""
+
+    status_code = 404
+    error_type = "not_found"
+    grpc_code = "NOT_FOUND"
+    openai_type = "invalid_request_error"
 
 
 class ModelNotFoundError(ServiceError):
     status_code = 404
     error_type = "model_not_found"
+    grpc_code = "NOT_FOUND"
+    openai_type = "invalid_request_error"
 
 
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     error_type = "payload_too_large"
+    grpc_code = "RESOURCE_EXHAUSTED"
+    openai_type = "invalid_request_error"
 
 
 class UnsupportedMediaTypeError(ServiceError):
     status_code = 415
     error_type = "unsupported_media_type"
+    grpc_code = "INVALID_ARGUMENT"
+    openai_type = "invalid_request_error"
 
 
 class OverloadedError(ServiceError):
     status_code = 429
     error_type = "overloaded"
+    grpc_code = "RESOURCE_EXHAUSTED"
+    openai_type = "rate_limit_error"
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
@@ -86,11 +117,14 @@ class OverloadedError(ServiceError):
 class InferenceFailedError(ServiceError):
     status_code = 500
     error_type = "inference_failed"
+    grpc_code = "INTERNAL"
 
 
 class NotReadyError(ServiceError):
     status_code = 503
     error_type = "not_ready"
+    grpc_code = "UNAVAILABLE"
+    openai_type = "server_error"
 
 
 class ClientDisconnectedError(ServiceError):
@@ -99,6 +133,8 @@ class ClientDisconnectedError(ServiceError):
 
     status_code = 499
     error_type = "client_closed_request"
+    grpc_code = "CANCELLED"
+    openai_type = "invalid_request_error"
 
 
 class RequestTimeoutError(ServiceError):
@@ -106,11 +142,15 @@ class RequestTimeoutError(ServiceError):
 
     status_code = 408
     error_type = "request_timeout"
+    grpc_code = "DEADLINE_EXCEEDED"
+    openai_type = "invalid_request_error"
 
 
 class DeadlineExceededError(ServiceError):
     status_code = 504
     error_type = "deadline_exceeded"
+    grpc_code = "DEADLINE_EXCEEDED"
+    openai_type = "server_error"
 
 
 # -- the response bodies: every error a client sees is rendered by one of these two ------------
@@ -135,25 +175,34 @@ def service_body(
 
 
 def openai_type(status: int) -> str:
-    """OpenAI's error ``type`` for a status."""
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
+    """OpenAI's error ``type`` for a status where no ``ServiceError`` is at hand (an error the
+    HTTP layer raised itself): the table's type of the first kind with that status."""
+    for kind in error_kinds():
+        if kind.status_code == status:
+            return kind.openai_type
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def openai_body(
-    status: int, message: str, code: str, param: str | None = None
+    status: int, message: str, code: str, param: str | None = None, kind: str | None = None
 ) -> dict[str, object]:
     """OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return {
-        "error": {"message": message, "type": openai_type(status), "param": param, "code": code}
+        "error": {
+            "message": message,
+            "type": kind or openai_type(status),
+            "param": param,
+            "code": code,
+        }
     }
+
+
+def error_kinds() -> list[type[ServiceError]]:
+    """Every error kind: ``ServiceError`` and its subclasses, wherever they are defined."""
+    found: list[type[ServiceError]] = [ServiceError]
+    for kind in found:
+        found.extend(k for k in kind.__subclasses__() if k not in found)
+    return found
 
 
 def openai_status(error: ServiceError) -> int:

@@ -22,12 +22,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from service import tracing
+from service.context import RequestContext
 from service.errors import (
     DeadlineExceededError,
     InferenceFailedError,
@@ -35,7 +36,6 @@ from service.errors import (
     ServiceError,
     ValidationFailedError,
 )
-from service.runtime.batcher import BatchResult, DisconnectCheck
 from service.runtime.model import LoadedModel
 from service.runtime.registry import ModelRegistry
 from service.settings import Settings
@@ -63,25 +63,6 @@ T = TypeVar("T")
 MetaT = TypeVar("MetaT")
 ParamsT = TypeVar("ParamsT")
 ResultT = TypeVar("ResultT")
-
-
-@dataclass
-class Budget:
-    """One request's deadline (event-loop time), its disconnect check, and the timing of the
-    runs it took part in (the route turns these into response headers)."""
-
-    deadline: float
-    is_disconnected: DisconnectCheck | None = None
-    queue_ms: float = 0.0
-    inference_ms: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
-    model_version: int | None = None
-    on_model: Callable[[str], None] | None = None  # told the model's name once it is found
-
-    def timed(self, result: BatchResult[Any]) -> None:
-        self.queue_ms = max(self.queue_ms, result.queue_ms)
-        self.inference_ms = max(self.inference_ms, result.inference_ms)
-        self.batch_sizes.append(result.batch_size)
 
 
 @dataclass(frozen=True)
@@ -135,14 +116,14 @@ class Inference:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: str | None, task: str | None, version: int | None, budget: Budget
+        self, name: str | None, task: str | None, version: int | None, ctx: RequestContext
     ) -> AsyncIterator[LoadedModel]:
         """The model to run on (the task's default when ``name`` is None), held until the
         block ends so that a reload or unload meanwhile lets this request finish on it."""
         async with self.registry.lease(name, task, version) as model:
-            budget.model_version = model.version
-            if budget.on_model is not None:
-                budget.on_model(model.name)
+            ctx.model_version = model.version
+            if ctx.on_model is not None:
+                ctx.on_model(model.name)
             yield model
 
     async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
@@ -153,12 +134,12 @@ class Inference:
         with tracing.span("render", {"ortserve.render.format": media_format}):
             return await self.in_pool(draw)
 
-    async def submit(self, model: LoadedModel, feeds: Feeds, budget: Budget) -> Outputs:
+    async def submit(self, model: LoadedModel, feeds: Feeds, ctx: RequestContext) -> Outputs:
         """One prepared item through the model's batcher."""
-        budget.model_version = model.version
+        ctx.model_version = model.version
         queued_ns = tracing.now_ns()
         try:
-            result = await model.batcher.submit(feeds, budget.deadline, budget.is_disconnected)
+            result = await model.batcher.submit(feeds, ctx.deadline, ctx.is_disconnected)
         except Exception as exc:  # full (429), deadline (504), client gone (499), failed run
             tracing.interval("queue", queued_ns, error=exc)
             raise
@@ -170,15 +151,18 @@ class Inference:
             link=result.trace,
             attributes={"ortserve.batch.size": result.batch_size},
         )
-        budget.timed(result)
+        ctx.timed(result)
         return result.value
 
     async def _alone(
-        self, model: LoadedModel, job: Callable[[Callable[[Feeds], Outputs]], T], budget: Budget
+        self,
+        model: LoadedModel,
+        job: Callable[[Callable[[Feeds], Outputs]], T],
+        ctx: RequestContext,
     ) -> T:
-        budget.model_version = model.version
-        value, timing = await model.batcher.run_alone(job, budget.deadline)
-        budget.timed(timing)
+        ctx.model_version = model.version
+        value, timing = await model.batcher.run_alone(job, ctx.deadline)
+        ctx.timed(timing)
         return value
 
     async def run(
@@ -187,7 +171,7 @@ class Inference:
         processor: TaskProcessor[T, MetaT, ParamsT, ResultT],
         raws: Sequence[T],
         params: ParamsT,
-        budget: Budget,
+        ctx: RequestContext,
     ) -> list[ResultT]:
         """Each raw input: prepare → batcher → finish; results in input order."""
         if len(raws) == 1 and processor.runs_alone(raws[0]) and model.batcher.idle:
@@ -201,7 +185,7 @@ class Inference:
                 with tracing.span("finish", parent=traced):
                     return processor.finish(outputs, meta, params)
 
-            return [await self._alone(model, job, budget)]
+            return [await self._alone(model, job, ctx)]
 
         inline = processor.prepare_inline(raws)
 
@@ -211,7 +195,7 @@ class Inference:
                     feeds, meta = processor.prepare(raw)
                 else:
                     feeds, meta = await self.in_pool(processor.prepare, raw)
-            outputs = await self.submit(model, feeds, budget)
+            outputs = await self.submit(model, feeds, ctx)
             with tracing.span("finish"):
                 if processor.finish_inline:
                     return processor.finish(outputs, meta, params)
@@ -225,7 +209,7 @@ class Inference:
         version: int | None,
         texts: Sequence[str],
         params: EmbedParams,
-        budget: Budget,
+        ctx: RequestContext,
         *,
         truncate: bool,
         field: str = "inputs",
@@ -234,15 +218,15 @@ class Inference:
         the batcher and pool it. ``field`` names the request field in error messages (``inputs``
         for /embed, ``input`` for OpenAI's API)."""
         self._check_texts(texts, field)
-        async with self.lease(name, "embed", version, budget) as model:
-            return await self._embed(model, texts, params, budget, truncate)
+        async with self.lease(name, "embed", version, ctx) as model:
+            return await self._embed(model, texts, params, ctx, truncate)
 
     async def _embed(
         self,
         model: LoadedModel,
         texts: Sequence[str],
         params: EmbedParams,
-        budget: Budget,
+        ctx: RequestContext,
         truncate: bool,
     ) -> Embedded:
         processor = model.processor_as(EmbedProcessor)
@@ -260,21 +244,19 @@ class Inference:
             [(feeds, meta)] = encoded
             traced = tracing.current()  # finish runs on the model thread
             vectors = [
-                await self._alone(
-                    model, lambda run_one: finish(run_one(feeds), meta, traced), budget
-                )
+                await self._alone(model, lambda run_one: finish(run_one(feeds), meta, traced), ctx)
             ]
         else:
 
             async def one(feeds: Feeds, meta: TextMeta) -> np.ndarray:
-                return finish(await self.submit(model, feeds, budget), meta, None)
+                return finish(await self.submit(model, feeds, ctx), meta, None)
 
             vectors = await gather_or_cancel([one(feeds, meta) for feeds, meta in encoded])
         tokens = sum(meta.tokens for _, meta in encoded)
         return Embedded(model.name, model.version, vectors, tokens)
 
     async def pipeline(
-        self, name: str, raws: Sequence[bytes], options: PipelineOptions, budget: Budget
+        self, name: str, raws: Sequence[bytes], options: PipelineOptions, ctx: RequestContext
     ) -> PipelineRun:
         """Images through the pipeline ``name``: detect on each, crop each detection kept, the
         per-crop model on each crop (skipped when there are none). Its models are leased for the
@@ -282,8 +264,8 @@ class Inference:
         pipeline = self.registry.pipeline(name)
         assert pipeline.config is not None  # registry.pipeline returns ready pipelines only
         config = pipeline.config
-        if budget.on_model is not None:
-            budget.on_model(name)
+        if ctx.on_model is not None:
+            ctx.on_model(name)
         detect, crop, per_crop = config.detect, config.crop, config.per_crop
         stages: list[StageRun] = []
         async with contextlib.AsyncExitStack() as held:
@@ -294,7 +276,7 @@ class Inference:
             classes = options.classes_within(detect.classes)
             confidence = detect.confidence if options.confidence is None else options.confidence
 
-            async def detecting(stage: Budget) -> list[Seen[ImageDetections]]:
+            async def detecting(stage: RequestContext) -> list[Seen[ImageDetections]]:
                 params = det_processor.params(  # unknown labels: a 400 naming the stage
                     model=detector.name,
                     confidence=confidence,
@@ -304,9 +286,9 @@ class Inference:
                 )
                 return await self.run(detector, WholeImage(det_processor), raws, params, stage)
 
-            seen = await self._stage(name, "detect", detector, budget, stages, detecting)
+            seen = await self._stage(name, "detect", detector, ctx, stages, detecting)
             started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
-            self._check_deadline(name, "crop", budget)
+            self._check_deadline(name, "crop", ctx)
             with tracing.span("stage crop", {"ortserve.pipeline": name, "ortserve.stage": "crop"}):
                 plans = [
                     plan_crops(
@@ -328,7 +310,7 @@ class Inference:
             stages.append(StageRun("crop", None, None, crop_ms, items=len(crops)))
             top_k = per_crop.top_k if options.top_k is None else options.top_k
 
-            async def classifying(stage: Budget) -> list[Classification]:
+            async def classifying(stage: RequestContext) -> list[Classification]:
                 if not crops:  # zero detections: the classifier is not called
                     return []
                 return await self.run(
@@ -336,7 +318,7 @@ class Inference:
                 )
 
             classified = await self._stage(
-                name, per_crop.step, classifier, budget, stages, classifying
+                name, per_crop.step, classifier, ctx, stages, classifying
             )
         images: list[PipelineImage] = []
         offset = 0
@@ -356,8 +338,8 @@ class Inference:
         except ServiceError as exc:
             raise in_stage(exc, pipeline, stage, model) from None
 
-    def _check_deadline(self, pipeline: str, stage: str, budget: Budget) -> None:
-        if asyncio.get_running_loop().time() >= budget.deadline:
+    def _check_deadline(self, pipeline: str, stage: str, ctx: RequestContext) -> None:
+        if asyncio.get_running_loop().time() >= ctx.deadline:
             error = DeadlineExceededError("the request deadline passed before this stage began")
             raise in_stage(error, pipeline, stage, None)
 
@@ -366,15 +348,15 @@ class Inference:
         pipeline: str,
         stage: str,
         model: LoadedModel,
-        budget: Budget,
+        ctx: RequestContext,
         stages: list[StageRun],
-        work: Callable[[Budget], Awaitable[list[T]]],
+        work: Callable[[RequestContext], Awaitable[list[T]]],
     ) -> list[T]:
-        """``work`` on a budget of its own (same deadline, its own timings), the stage named in
+        """``work`` on a ctx of its own (same deadline, its own timings), the stage named in
         any error it raises; its timing appended to ``stages``."""
-        self._check_deadline(pipeline, stage, budget)
+        self._check_deadline(pipeline, stage, ctx)
         started = time.perf_counter()
-        own = Budget(budget.deadline, budget.is_disconnected)
+        own = ctx.stage()
         attributes: dict[str, str | int] = {
             "ortserve.pipeline": pipeline,
             "ortserve.stage": stage,
@@ -424,10 +406,10 @@ class Inference:
                 )
 
     async def tensors(
-        self, model: LoadedModel, items: Sequence[Feeds], budget: Budget
+        self, model: LoadedModel, items: Sequence[Feeds], ctx: RequestContext
     ) -> list[Outputs]:
         """Raw tensors (Open Inference Protocol): each item straight to the batcher."""
-        return await gather_or_cancel([self.submit(model, item, budget) for item in items])
+        return await gather_or_cancel([self.submit(model, item, ctx) for item in items])
 
 
 def in_stage(error: ServiceError, pipeline: str, stage: str, model: str | None) -> ServiceError:

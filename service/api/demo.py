@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
-from service.errors import ServiceError
+from service.errors import NotFoundError
 
 router = APIRouter(tags=["demo"], include_in_schema=False)
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -16,15 +16,10 @@ _MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/cs
 ASSETS = {p.name: p for p in sorted(STATIC.glob("*")) if p.suffix in _MEDIA_TYPES}
 
 
-class AssetNotFoundError(ServiceError):
-    status_code = 404
-    error_type = "not_found"
-
-
 def _file(name: str) -> FileResponse:
     path = ASSETS.get(name)
     if path is None:
-        raise AssetNotFoundError(f"no demo asset {name!r}")
+        raise NotFoundError(f"no demo asset {name!r}")
     return FileResponse(
         path, media_type=_MEDIA_TYPES[path.suffix], headers={"cache-control": "no-cache"}
     )

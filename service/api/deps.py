@@ -1,5 +1,6 @@
-"""What the HTTP routes share: request parsing, API keys, the request's budget (deadline) and
-the timing headers. Everything past parsing happens in ``service.inference``."""
+"""What the HTTP routes share: request parsing, the request's context from the core (its caller,
+deadline and disconnect check) and the timing headers. Everything past parsing happens in
+``service.core``."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from service.auth import Caller, Guard
+from service.auth import Caller
+from service.context import RequestContext
+from service.core import Core
 from service.errors import (
     BadRequestError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from service.inference import Budget, Inference
 from service.middleware import CLIENT, ClientState, first_byte_time
-from service.runtime.registry import ModelRegistry
 from service.schemas.common import ImageInputs
 from service.settings import Settings
 
@@ -34,12 +35,8 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def registry_of(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
-
-
-def inference_of(request: Request) -> Inference:
-    return request.app.state.inference  # type: ignore[no-any-return]
+def core_of(request: Request) -> Core:
+    return request.app.state.core  # type: ignore[no-any-return]
 
 
 def caller_of(request: Request) -> Caller:
@@ -49,25 +46,12 @@ def caller_of(request: Request) -> Caller:
     )
 
 
-async def check_api_key(request: Request) -> None:
-    """Dependency: ``Authorization: Bearer <key>`` when ORTSERVE_API_KEYS is set."""
-    guard_of(request).inference(caller_of(request))
-
-
-async def check_admin(request: Request) -> None:
-    """Dependency of the repository routes: an admin key, or a trusted network (service.auth)."""
-    guard_of(request).management(caller_of(request))
-
-
-def guard_of(request: Request) -> Guard:
-    return request.app.state.guard  # type: ignore[no-any-return]
-
-
-def budget_for(request: Request) -> Budget:
-    """The request's deadline: the server's timeout, or shorter if the client asks
-    (``x-request-timeout-ms``); its disconnect check; and the model it uses labels its metrics."""
-    timeout_s = settings_of(request).request_timeout_s
+def context_for(request: Request, *, management: bool = False) -> RequestContext:
+    """The request's context from the core (which checks the caller's key first): the
+    server's deadline, or shorter if the client asks (``x-request-timeout-ms``), counted from
+    the first byte; its disconnect check; and the model it uses labels its metrics."""
     header = request.headers.get(TIMEOUT_HEADER)
+    asked: float | None = None
     if header is not None:
         try:
             asked = float(header) / 1000.0
@@ -75,20 +59,25 @@ def budget_for(request: Request) -> Budget:
             raise BadRequestError(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
         if not asked > 0 or asked != asked:  # rejects 0, negatives and NaN
             raise BadRequestError(f"{TIMEOUT_HEADER} must be positive")
-        timeout_s = min(timeout_s, asked)  # clients may shorten the deadline, not extend it
+    client = request.scope.get(CLIENT)  # set by our server's protocol; not under test clients
+    ctx = core_of(request).begin(
+        caller_of(request),
+        started=first_byte_time(request.scope),  # the body's arrival counts too
+        timeout_s=asked,
+        is_disconnected=(
+            client.is_disconnected if isinstance(client, ClientState) else request.is_disconnected
+        ),
+        management=management,
+    )
 
     def label(model: str) -> None:
         request.state.model = model
 
-    client = request.scope.get(CLIENT)  # set by our server's protocol; not under test clients
-    return Budget(
-        first_byte_time(request.scope) + timeout_s,  # the body's arrival counts too
-        client.is_disconnected if isinstance(client, ClientState) else request.is_disconnected,
-        on_model=label,
-    )
+    ctx.on_model = label
+    return ctx
 
 
-def timing_headers(response: Response, budget: Budget) -> None:
+def timing_headers(response: Response, budget: RequestContext) -> None:
     response.headers["x-queue-time-ms"] = f"{budget.queue_ms:.2f}"
     response.headers["x-inference-time-ms"] = f"{budget.inference_ms:.2f}"
     if budget.batch_sizes:

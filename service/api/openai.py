@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from service.api.deps import budget_for, inference_of, read_json_request, timing_headers
+from service.api.deps import context_for, core_of, read_json_request, timing_headers
 from service.api.openapi import json_body
 from service.errors import ParamError, ServiceError, openai_body, openai_code, openai_status
 from service.middleware import request_id_var
@@ -42,9 +42,10 @@ def openai_error(
     code: str,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        openai_body(status, message, code, param), status_code=status, headers=headers
+        openai_body(status, message, code, param, kind), status_code=status, headers=headers
     )
 
 
@@ -77,6 +78,7 @@ class OpenAIRoute(APIRoute):
                     openai_code(exc),
                     exc.param if isinstance(exc, ParamError) else None,
                     exc.headers,
+                    exc.openai_type,
                 )
             except (RequestValidationError, ValidationError) as exc:
                 return _validation_response(exc.errors())
@@ -120,19 +122,19 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     },
 )
 async def create_embeddings(request: Request, response: Response) -> EmbeddingsResponse:
-    budget = budget_for(request)
+    ctx = context_for(request)
     params = await read_json_request(request, EmbeddingsRequest)
     texts = _texts(params.input)
-    result = await inference_of(request).embed(
+    result = await core_of(request).embed(
+        ctx,
         params.model,
         None,
         texts,
         EmbedParams(normalize=True, dimensions=params.dimensions),
-        budget,
         truncate=True,
         field="input",
     )
-    timing_headers(response, budget)
+    timing_headers(response, ctx)
     return EmbeddingsResponse(
         data=[
             EmbeddingData(index=i, embedding=_encode(v, params.encoding_format))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request, Response
 
-from service.api.deps import budget_for, inference_of, read_images_request
+from service.api.deps import context_for, core_of, read_images_request
 from service.api.openapi import images_body
 from service.errors import BadRequestError
 from service.inference import PipelineRun
@@ -55,7 +55,7 @@ async def run_pipeline(
     response: Response,
     name: str = Path(pattern=MODEL_NAME_PATTERN, max_length=128, description="The pipeline."),
 ) -> PipelineResponse | Response:
-    budget = budget_for(request)
+    ctx = context_for(request)
     params, images = await read_images_request(request, PipelineRequest)
     if params.render and len(images) != 1:
         raise BadRequestError(f"render=true draws one image; this request has {len(images)}")
@@ -64,10 +64,10 @@ async def run_pipeline(
         tuple(params.classes) if params.classes is not None else None,
         params.top_k,
     )
-    inference = inference_of(request)
-    run = await inference.pipeline(name, images, options, budget)
+    core = core_of(request)
+    run = await core.pipeline(ctx, name, images, options)
     if params.render:
-        picture = await inference.render(
+        picture = await core.inference.render(
             lambda: render.pipeline_picture(
                 run.pictures[0].image, run.images[0], params.render_format
             ),

@@ -11,19 +11,15 @@ explicit / poll (load, which then forces a reload); the semantics are in service
 
 from __future__ import annotations
 
-import asyncio
-import re
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from service.api.deps import parse_json, registry_of, settings_of
+from service.api.deps import context_for, core_of, parse_json
 from service.api.openapi import json_body
 from service.errors import BadRequestError
-from service.model_config import MODEL_NAME_PATTERN
-from service.runtime.registry import ModelRegistry, not_ready_message, repository_folders
 from service.schemas.common import error_responses
 from service.schemas.v2 import (
     LoadRequest,
@@ -41,16 +37,6 @@ async def _body(request: Request, model: type[M]) -> M:
     """An optional JSON body (tritonclient sends none, ``{}``, or parameters)."""
     raw = await request.body()
     return model.model_validate(parse_json(raw) if raw.strip() else {})
-
-
-def _control(request: Request, action: str, allowed: tuple[str, ...]) -> ModelRegistry:
-    mode = settings_of(request).model_control
-    if mode not in allowed:
-        raise BadRequestError(
-            f"{action} is refused with ORTSERVE_MODEL_CONTROL={mode}; it needs "
-            f"{' or '.join(allowed)} (the model set is otherwise fixed at start-up)"
-        )
-    return registry_of(request)
 
 
 def _override(params: LoadRequest) -> dict[str, Any] | None:
@@ -73,21 +59,9 @@ def _override(params: LoadRequest) -> dict[str, Any] | None:
     responses=error_responses(400, 401, 403, 413, 422),
 )
 async def index(request: Request) -> list[RepositoryModel]:
+    ctx = context_for(request, management=True)
     params = await _body(request, RepositoryIndexRequest)
-    registry = registry_of(request)
-    folders = await asyncio.to_thread(repository_folders, registry.root)
-    rows: list[RepositoryModel] = []
-    for name in sorted(set(folders) | set(registry.models) | set(registry.pipelines)):
-        entry = registry.models.get(name) or registry.pipelines.get(name)
-        if entry is not None and entry.ready:
-            rows += [
-                RepositoryModel(name=name, version=str(v), state="READY") for v in entry.serving
-            ]
-        elif not params.ready:
-            state = "LOADING" if entry is not None and entry.status == "loading" else "UNAVAILABLE"
-            reason = not_ready_message(entry) if entry is not None else "not loaded"
-            rows.append(RepositoryModel(name=name, state=state, reason=reason))
-    return rows
+    return await core_of(request).repository_index(ctx, ready_only=params.ready)
 
 
 @router.post(
@@ -103,11 +77,10 @@ async def index(request: Request) -> list[RepositoryModel]:
     responses=error_responses(400, 401, 403, 413, 422),
 )
 async def load(name: str, request: Request) -> RepositoryActionResponse:
-    registry = _control(request, "load", ("explicit", "poll"))
+    ctx = context_for(request, management=True)
     params = await _body(request, LoadRequest)
-    _check_name(name)
-    entry = await registry.load_model(name, _override(params))
-    return RepositoryActionResponse(name=name, versions=sorted(entry.serving))
+    versions = await core_of(request).load(ctx, name, _override(params))
+    return RepositoryActionResponse(name=name, versions=versions)
 
 
 @router.post(
@@ -119,12 +92,7 @@ async def load(name: str, request: Request) -> RepositoryActionResponse:
     responses=error_responses(400, 401, 403, 404, 413, 422),
 )
 async def unload(name: str, request: Request) -> RepositoryActionResponse:
-    registry = _control(request, "unload", ("explicit",))
+    ctx = context_for(request, management=True)
     await _body(request, UnloadRequest)
-    await registry.unload_model(name)
+    await core_of(request).unload(ctx, name)
     return RepositoryActionResponse(name=name, versions=[])
-
-
-def _check_name(name: str) -> None:
-    if not re.fullmatch(MODEL_NAME_PATTERN, name):
-        raise BadRequestError(f"{name!r} is not a valid model name")

@@ -19,21 +19,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import __version__
 from service.api import health
-from service.api.deps import budget_for, inference_of, registry_of, settings_of, timing_headers
+from service.api.deps import context_for, core_of, settings_of, timing_headers
 from service.api.openapi import json_body
-from service.api.v2_codec import (
-    CONFIG_TO_V2,
-    TRITON_TYPES,
-    decode_request,
-    encode_response,
-    v2_shape,
-)
-from service.errors import ModelNotFoundError, NotReadyError
-from service.model_config import TensorSpec
+from service.api.v2_codec import DecodedRequest, decode_request, encode_response
+from service.core import Core
 from service.runtime.model import LoadedModel
-from service.runtime.registry import ModelEntry, not_ready_message
 from service.schemas.common import error_responses
 from service.schemas.v2 import (
     InferRequest,
@@ -42,45 +33,19 @@ from service.schemas.v2 import (
     ModelMetadata,
     ReadyResponse,
     ServerMetadata,
-    TensorMetadata,
 )
 from service.tasks.embedding import EmbedProcessor
 
 router = APIRouter(tags=["v2"])
 health_router = APIRouter(tags=["v2"])
 
-PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
 
-# -- lookups ---------------------------------------------------------------------------------
-def _entry(request: Request, name: str) -> ModelEntry:
-    entry = registry_of(request).entry(name)
-    request.state.model = entry.name
-    return entry
-
-
-def _version(name: str, version: str | None) -> int | None:
-    if version is None:
-        return None
-    if not version.isdigit():
-        raise ModelNotFoundError(f"model {name!r} has no version {version!r}")
-    return int(version)
-
-
-def _model(request: Request, name: str, version: str | None) -> LoadedModel:
-    """A version's model for metadata (any status but failed); the latest when None."""
-    entry = _entry(request, name)
-    if not entry.serving:
-        raise NotReadyError(not_ready_message(entry))
-    return entry.version(_version(name, version))
-
-
-# -- routes ----------------------------------------------------------------------------------
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata (v2)")
-async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="ortserve", version=__version__, extensions=EXTENSIONS)
+async def server_metadata(request: Request) -> ServerMetadata:
+    context_for(request)  # the caller's key, as every route that describes the server
+    return Core.server_metadata()
 
 
 @health_router.get("/v2/health/live", response_model=LiveResponse, summary="Live (v2)")
@@ -100,27 +65,6 @@ async def server_ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata:
-    model = _model(request, name, version)
-    config = model.config
-
-    def tensors(specs: list[TensorSpec]) -> list[TensorMetadata]:
-        return [
-            TensorMetadata(
-                name=s.name, datatype=CONFIG_TO_V2[s.dtype], shape=v2_shape(s, config.batched)
-            )
-            for s in specs
-        ]
-
-    return ModelMetadata(
-        name=model.name,
-        versions=[str(v) for v in sorted(_entry(request, name).serving)],
-        platform=PLATFORM,
-        inputs=tensors(config.inputs),
-        outputs=tensors(config.outputs),
-    )
-
-
 _MODEL_ERRORS = error_responses(401, 404, 503)
 
 
@@ -131,7 +75,7 @@ _MODEL_ERRORS = error_responses(401, 404, 503)
     responses=_MODEL_ERRORS,
 )
 async def model_metadata(name: str, request: Request) -> ModelMetadata:
-    return _metadata(request, name, None)
+    return core_of(request).model_metadata(context_for(request), name)
 
 
 @router.get(
@@ -141,19 +85,11 @@ async def model_metadata(name: str, request: Request) -> ModelMetadata:
     responses=_MODEL_ERRORS,
 )
 async def model_version_metadata(name: str, version: str, request: Request) -> ModelMetadata:
-    return _metadata(request, name, version)
+    return core_of(request).model_metadata(context_for(request), name, version)
 
 
 def _ready_response(request: Request, name: str, version: str | None) -> JSONResponse:
-    entry = _entry(request, name)
-    wanted = _version(name, version)
-    if wanted is None:
-        ready = entry.ready
-    else:
-        model = entry.serving.get(wanted)
-        if model is None and entry.status != "loading":
-            raise ModelNotFoundError(f"model {name!r} has no version {wanted} serving")
-        ready = entry.status == "ready" and model is not None and model.ready
+    ready = core_of(request).model_ready(context_for(request), name, version)
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -183,28 +119,7 @@ async def model_version_ready(name: str, version: str, request: Request) -> JSON
     responses=_MODEL_ERRORS,
 )
 async def model_config(name: str, request: Request) -> dict[str, Any]:
-    model = _model(request, name, None)
-    config = model.config
-
-    def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
-        return [
-            {"name": s.name, "data_type": TRITON_TYPES[CONFIG_TO_V2[s.dtype]], "dims": s.dims}
-            for s in specs
-        ]
-
-    b = config.batching
-    return {
-        "name": model.name,
-        "platform": PLATFORM,
-        "backend": "onnxruntime",
-        "max_batch_size": b.max_batch_size,
-        "input": tensors(config.inputs),
-        "output": tensors(config.outputs),
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": round(b.max_delay_ms * 1000),
-            "default_queue_policy": {"max_queue_size": b.max_queue_size},
-        },
-    }
+    return core_of(request).model_config(context_for(request), name)
 
 
 _INFER_DOC: dict[str, Any] = {
@@ -224,37 +139,40 @@ _INFER_DOC: dict[str, Any] = {
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    budget = budget_for(request)
-    _entry(request, name)  # 404 before the body is read
-    inference = inference_of(request)
-    async with inference.lease(name, None, _version(name, version), budget) as model:
-        config = model.config
+    ctx = context_for(request)
+    core = core_of(request)
+    core.entry(ctx, name)  # 404 before the body is read
+    body = await request.body()
+    encoding = request.headers.get("content-encoding")
+    header_length = request.headers.get(HEADER_LENGTH)
+    limit = settings_of(request).max_body_bytes
+
+    def decode(model: LoadedModel) -> DecodedRequest:
         processor = model.processor
-        vocab = processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None
-        decoded = await inference.in_pool(
-            lambda body: decode_request(
-                body,
-                content_encoding=request.headers.get("content-encoding"),
-                header_length=request.headers.get(HEADER_LENGTH),
-                config=config,
-                max_body_bytes=settings_of(request).max_body_bytes,
-                vocab_size=vocab,
-            ),
-            await request.body(),
+        return decode_request(
+            body,
+            content_encoding=encoding,
+            header_length=header_length,
+            config=model.config,
+            max_body_bytes=limit,
+            vocab_size=processor.encoder.vocab_size
+            if isinstance(processor, EmbedProcessor)
+            else None,
         )
-        outputs = await inference.tensors(model, decoded.items, budget)
-    body, header_length = await inference.in_pool(
-        encode_response, decoded, outputs, config, model.version
+
+    decoded, inferred = await core.infer(ctx, name, version, decode, lambda d: d.items)
+    body, length = await core.inference.in_pool(
+        encode_response, decoded, inferred.outputs, inferred.model.config, inferred.model.version
     )
-    if header_length is None:
+    if length is None:
         response = Response(body, media_type="application/json")
     else:
         response = Response(
             body,
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
+            headers={"Inference-Header-Content-Length": str(length)},
         )
-    timing_headers(response, budget)
+    timing_headers(response, ctx)
     return response
 
 

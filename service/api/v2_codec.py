@@ -19,6 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from service.api.deps import parse_json
+from service.core.views import CONFIG_TO_V2, v2_shape
 from service.errors import (
     BadRequestError,
     InferenceFailedError,
@@ -48,15 +49,6 @@ V2_DTYPES: dict[str, np.dtype[Any]] = {
     )
 }
 _NP_TO_V2 = {dt.str.lstrip("<|="): name for name, dt in V2_DTYPES.items()}
-CONFIG_TO_V2 = {
-    "float32": "FP32",
-    "float16": "FP16",
-    "int64": "INT64",
-    "int32": "INT32",
-    "uint8": "UINT8",
-    "bool": "BOOL",
-}
-TRITON_TYPES = {name: f"TYPE_{name}" for name in V2_DTYPES}  # Triton's model config names
 
 
 def v2_datatype(dtype: np.dtype[Any]) -> str:
@@ -64,10 +56,6 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
         return _NP_TO_V2[dtype.str.lstrip("<>|=")]
     except KeyError:
         raise InferenceFailedError(f"an output of dtype {dtype} has no v2 datatype") from None
-
-
-def v2_shape(spec: TensorSpec, batched: bool) -> list[int]:
-    return [-1, *spec.dims] if batched else list(spec.dims)
 
 
 # -- request decoding (runs in the worker pool) ----------------------------------------------

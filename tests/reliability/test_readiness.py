@@ -89,4 +89,4 @@ def test_ready_is_503_once_shutdown_has_begun(tiny_repo: Path) -> None:
     response = asyncio.run(ask())
     assert response.status_code == 503
     assert response.json()["status"] == "not_ready"
-    assert app.state.ready is False
+    assert app.state.core.started is False

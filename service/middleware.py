@@ -169,7 +169,7 @@ class BodyLimitMiddleware:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
                 message = await asyncio.wait_for(receive(), max(remaining, 0.0))
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 raise RequestTimeoutError(
                     f"the request body did not arrive within {self.body_timeout_s:g} s of its "
                     "first byte (ORTSERVE_REQUEST_TIMEOUT_S)",

@@ -176,6 +176,18 @@ class ModelConfig(_Strict):
             raise ValueError("task embed needs a text section")
         if self.task != "embed" and self.image is None:
             raise ValueError(f"task {self.task} needs an image section")
+        if (
+            self.image is not None
+            and self.image.resize == "fit"
+            and self.batching.max_batch_size > 1
+        ):
+            # fit keeps each image's aspect without padding: items differ in shape, so a batch
+            # of them cannot be stacked and every batched run would fail and be split again
+            raise ValueError(
+                f"image.resize fit gives each image its own shape, so items never batch; "
+                f"batching.max_batch_size {self.batching.max_batch_size} must be 0 (no batch "
+                "axis) or 1, or use resize letterbox"
+            )
         wanted = OUTPUT_COUNTS.get(self.format, 1)
         if len(self.outputs) < wanted:
             raise ValueError(

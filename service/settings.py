@@ -114,6 +114,38 @@ class Settings(BaseSettings):
         ),
     )
 
+    # ceilings on what a model's config.yaml, or a load call's config override, may ask for
+    # (service/runtime/limits.py): over one, the load fails with a 400 naming field and setting
+    model_max_instances: int = Field(
+        default=8, ge=1, le=16, description="Ceiling on a model's batching.instances."
+    )
+    model_max_batch_size: int = Field(
+        default=256, ge=1, le=4096, description="Ceiling on a model's batching.max_batch_size."
+    )
+    model_max_queue_size: int = Field(
+        default=4096, ge=1, description="Ceiling on a model's batching.max_queue_size."
+    )
+    model_max_delay_ms: float = Field(
+        default=100.0, ge=0, le=1000, description="Ceiling on a model's batching.max_delay_ms."
+    )
+    model_max_threads: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Ceiling on the thread counts of a model's runtime block (cpu intra_op_threads, "
+            "openvino num_of_threads); 0 = 4 × the machine's cores."
+        ),
+    )
+    model_memory_budget_mb: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "A load whose estimated warm-up memory (every instance running a full batch) is "
+            "over this is refused; 0 = half the memory available when the load starts "
+            "(MemAvailable, or the container's memory limit if lower)."
+        ),
+    )
+
     default_classify_model: str = "mobilenet_v2"
     default_detect_model: str = "nanodet-coco"
     default_segment_model: str = "shapes-unet"
@@ -162,6 +194,11 @@ class Settings(BaseSettings):
     def preprocess_workers(self) -> int:
         """The preprocessing pool's size: ``preprocess_threads``, or min(4, cores) when 0."""
         return self.preprocess_threads or min(4, os.cpu_count() or 1)
+
+    @property
+    def model_threads_ceiling(self) -> int:
+        """``model_max_threads``, or 4 × the machine's cores when 0."""
+        return self.model_max_threads or 4 * (os.cpu_count() or 1)
 
     @property
     def caches(self) -> Path:

@@ -100,6 +100,12 @@ class BatcherStats:
 BatchObserver = Callable[[int, float, float], None]  # batch size, mean queue s, inference s
 
 
+def _join(executors: Sequence[ThreadPoolExecutor]) -> None:
+    """Block until each executor's threads have ended (they were already told to shut down)."""
+    for executor in executors:
+        executor.shutdown(wait=True)
+
+
 @dataclass
 class _Instance(Generic[In, Out]):
     """One session's run and the single thread it runs on."""
@@ -222,8 +228,12 @@ class DynamicBatcher(Generic[In, Out]):
             # the task go, or the model's sessions wait for the cycle collector to be freed
             self._collector = None
         self._fail_queued(NotReadyError(f"model {self.name!r} is shutting down"))
-        for instance in self._instances:
-            instance.executor.shutdown(wait=True, cancel_futures=True)
+        executors = [instance.executor for instance in self._instances]
+        for executor in executors:  # drop what has not started; never blocks
+            executor.shutdown(wait=False, cancel_futures=True)
+        # a run still going (stuck, or cut off by the drain timeout) ends in its own time:
+        # wait for the model threads on a worker thread, never on the event loop
+        await asyncio.to_thread(_join, executors)
 
     def _fail_queued(self, error: ServiceError) -> None:
         if self._queue is None:

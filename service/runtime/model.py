@@ -17,6 +17,7 @@ from typing import TypeVar
 from service.errors import BadRequestError
 from service.model_config import ConfigError, ModelConfig, inside
 from service.runtime.batcher import BatchObserver, BatchRunner, DynamicBatcher
+from service.runtime.limits import check_load
 from service.runtime.session import (
     OPENVINO,
     OrtSession,
@@ -135,15 +136,19 @@ def build_model(
     providers: list[str],
     observer: BatchObserver | None = None,
 ) -> LoadedModel:
-    """Session → graph check → processor → warm-up at the largest batch the batcher will form.
+    """Limits → session → graph check → processor → warm-up at the largest batch the batcher
+    will form.
 
     Blocking (seconds for a large model): call it off the event loop. Raises ``ConfigError`` or
-    ``SessionError`` naming the model; the batcher is built but not started.
+    ``SessionError`` naming the model; the batcher is built but not started. A config over the
+    server's ceilings, or whose warm-up would not fit in memory, is refused before any session
+    opens (``service.runtime.limits``).
     """
     name = config.name
     model_path = inside(folder, config.model_file, model=name, field="model_file")
     if not model_path.is_file():
         raise ConfigError(f"model {name!r}: model_file {config.model_file!r} not found")
+    check_load(config, model_path, settings)
     sessions = [
         open_session(model_path, config, settings, providers)
         for _ in range(config.batching.instances)
@@ -160,10 +165,15 @@ def build_model(
         )
         for each in sessions
     ]
-    # warm-up at the largest batch the batcher will form, so the first request is not slow
+    # warm-up at the largest batch the batcher will form, so the first request is not slow;
+    # one item first, so that a graph that cannot run at all fails before the big batch is built
+    feeds = warmup_feeds(config)
+    largest = max(1, config.batching.max_batch_size)
     try:
+        if largest > 1:
+            runners[0]([feeds])
         for runner in runners:
-            runner([warmup_feeds(config)] * max(1, config.batching.max_batch_size))
+            runner([feeds] * largest)
     except Exception as exc:
         raise SessionError(f"model {name!r}: warm-up run failed: {exc}") from exc
     batcher: DynamicBatcher[Feeds, Outputs] = DynamicBatcher(

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -47,6 +47,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 Status = Literal["loading", "ready", "failed"]
+FolderTask = Callable[[str], str | None]  # a repository folder's declared task (None: no model)
 # Fingerprint (service.runtime.pipelines): a folder's files as (relative path, size, mtime);
 # equal across two scans = not being written
 
@@ -292,7 +293,7 @@ class ModelRegistry:
         versions are built and warmed up off the loop and swapped in only when all of them are
         ready; on failure the serving versions stay and ``LoadFailedError`` (400) says why.
         A pipeline folder (re)loads its pipeline (``load_pipeline``)."""
-        folder = self._folder(name)
+        folder = await asyncio.to_thread(self._folder, name)
         if await asyncio.to_thread(is_pipeline, folder):
             return await self.load_pipeline(name, folder, override)
         async with self._load_lock:
@@ -312,8 +313,9 @@ class ModelRegistry:
                 log.error("load failed: %s", entry.error, exc_info=exc if unexpected else None)
                 if self._observer:
                     self._observer.load_failed(name)
-                self._bind_pipelines()
+                self._bind_pipelines(await self._read_folder_tasks())
                 raise LoadFailedError(entry.error) from None
+            folder_tasks = await self._read_folder_tasks()
             for model in built.values():
                 model.batcher.start()
             retired = list(entry.serving.values())
@@ -321,7 +323,7 @@ class ModelRegistry:
             entry.status, entry.error = "ready", None
             if self.pipelines.pop(name, None) is not None:  # the folder was a pipeline's
                 log.info("pipeline %s: replaced by a model of that name", name)
-            self._bind_pipelines()
+            self._bind_pipelines(folder_tasks)
             seconds = time.perf_counter() - started
             log.info(
                 "model %s: serving versions %s (loaded in %.1f s)", name, sorted(built), seconds
@@ -350,7 +352,7 @@ class ModelRegistry:
                 except ConfigError as exc:
                     pipeline.load_error = str(exc)
                     raise
-                self._adopt(pipeline, config)
+                self._adopt(pipeline, config, await self._read_folder_tasks(config))
             except ConfigError as exc:
                 log.error("load failed: %s", exc)
                 if self._observer:
@@ -363,7 +365,7 @@ class ModelRegistry:
         if replaced is not None:
             for model in replaced.serving.values():
                 self._retire_soon(model)
-            self._bind_pipelines()
+            self._bind_pipelines(await self._read_folder_tasks())
         return pipeline
 
     def _load_pipeline(self, pipeline: PipelineEntry) -> None:
@@ -373,14 +375,16 @@ class ModelRegistry:
         except ConfigError as exc:
             pipeline.load_error = str(exc)
             raise
-        self._adopt(pipeline, config)
+        self._adopt(pipeline, config, self._folder_task)
 
-    def _adopt(self, pipeline: PipelineEntry, config: PipelineConfig) -> None:
+    def _adopt(
+        self, pipeline: PipelineEntry, config: PipelineConfig, folder_task: FolderTask
+    ) -> None:
         """Bind a freshly read config and make it ``pipeline``'s. Raises ``ConfigError`` when it
         names a model that does not exist or serves another task; it is adopted anyway unless a
         ready older config serves, so that a later change of the model set can make it ready."""
         try:
-            binding = self._bind(pipeline.name, config)
+            binding = self._bind(pipeline.name, config, folder_task)
         except ConfigError as exc:
             if pipeline.ready:
                 pipeline.load_error = str(exc)  # the older config keeps serving
@@ -398,24 +402,36 @@ class ModelRegistry:
         bind(name, config, {}, self._folder_task, waits_for_folders=True)
         return config
 
-    def _bind(self, name: str, config: PipelineConfig) -> Binding:
+    def _bind(self, name: str, config: PipelineConfig, folder_task: FolderTask) -> Binding:
         return bind(
             name,
             config,
             self.models,
-            self._folder_task,
+            folder_task,
             waits_for_folders=self.settings.model_control == "poll",
         )
 
-    def _bind_pipelines(self) -> None:
-        """Bind every pipeline again: the model set has changed."""
+    def _bind_pipelines(self, folder_task: FolderTask | None = None) -> None:
+        """Bind every pipeline again: the model set has changed. On the event loop, pass the
+        folder tasks ``_read_folder_tasks`` read off it (default: read them here, blocking)."""
         for pipeline in self.pipelines.values():
             if pipeline.config is None:
                 continue
             try:
-                pipeline.binding = self._bind(pipeline.name, pipeline.config)
+                pipeline.binding = self._bind(
+                    pipeline.name, pipeline.config, folder_task or self._folder_task
+                )
             except ConfigError as exc:
                 pipeline.binding = Binding("failed", str(exc))
+
+    async def _read_folder_tasks(self, *extra: PipelineConfig) -> FolderTask:
+        """The task each model folder named by a pipeline (and by ``extra`` configs) declares,
+        read on a worker thread: binding on the event loop then reads no file (a name it did not
+        read, of a pipeline added meanwhile, is read when asked for)."""
+        configs = [p.config for p in self.pipelines.values() if p.config is not None]
+        names = {step.model for config in [*configs, *extra] for _, step in config.model_steps()}
+        tasks = await asyncio.to_thread(lambda: {n: self._folder_task(n) for n in names})
+        return lambda name: tasks[name] if name in tasks else self._folder_task(name)
 
     def _folder_task(self, name: str) -> str | None:
         """The task the repository folder ``name`` declares (None: no such model folder)."""
@@ -427,10 +443,11 @@ class ModelRegistry:
         release its sessions. Returns once it is gone. A pipeline holds nothing: it just goes
         (its requests hold their models)."""
         async with self._load_lock:
+            folder_tasks = await self._read_folder_tasks()
             pipeline = self.pipelines.pop(name, None)
             entry = self.models.pop(name, None) if pipeline is None else None
             if entry is not None:
-                self._bind_pipelines()
+                self._bind_pipelines(folder_tasks)
         if pipeline is not None:
             log.info("pipeline %s: unloaded", name)
             if self._observer:
@@ -463,7 +480,7 @@ class ModelRegistry:
         drain_s = self.settings.request_timeout_s + 5.0
         try:
             await asyncio.wait_for(model.usage.drained(), drain_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             log.warning(
                 "model %s version %d: still in use after %.0f s; stopping it",
                 model.name,

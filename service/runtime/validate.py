@@ -125,8 +125,16 @@ def _class_count(config: ModelConfig) -> int | None:
     return size if size > 0 else None
 
 
-def warmup_feeds(config: ModelConfig, text_length: int = 16) -> Feeds:
-    feeds: Feeds = {}
+WARMUP_TEXT_LENGTH = 16  # tokens per warm-up text: short, so a text model's load stays quick
+
+
+def warmup_shapes(
+    config: ModelConfig, text_length: int = WARMUP_TEXT_LENGTH
+) -> dict[str, tuple[list[int], str]]:
+    """``{input name: (shape of one item, dtype)}`` of the warm-up inputs (no batch axis):
+    images at the configured size (``fit``: at most 256×256), variable text axes
+    ``text_length`` tokens long."""
+    shapes: dict[str, tuple[list[int], str]] = {}
     for spec in config.inputs:
         if config.image is not None:
             shape = [3, config.image.height, config.image.width]
@@ -134,10 +142,22 @@ def warmup_feeds(config: ModelConfig, text_length: int = 16) -> Feeds:
                 shape = [3, min(config.image.height, 256), min(config.image.width, 256)]
         else:
             shape = [d if d != -1 else text_length for d in spec.dims]
-        dtype = _NP_DTYPES[spec.dtype]
-        feeds[spec.name] = (
+        shapes[spec.name] = (shape, spec.dtype)
+    return shapes
+
+
+def dtype_size(dtype: str) -> int:
+    """Bytes per element of a config dtype."""
+    return int(np.dtype(_NP_DTYPES[dtype]).itemsize)
+
+
+def warmup_feeds(config: ModelConfig, text_length: int = WARMUP_TEXT_LENGTH) -> Feeds:
+    feeds: Feeds = {}
+    for name, (shape, dtype_name) in warmup_shapes(config, text_length).items():
+        dtype = _NP_DTYPES[dtype_name]
+        feeds[name] = (
             np.ones(shape, dtype=dtype)
-            if spec.name == "attention_mask"
+            if name == "attention_mask"
             else np.zeros(shape, dtype=dtype)
         )
     return feeds

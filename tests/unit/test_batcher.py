@@ -283,13 +283,36 @@ async def test_stop_answers_what_it_cut_off_at_once_with_not_ready() -> None:
     await asyncio.sleep(0.05)  # a batch holds the model thread
     lone = asyncio.create_task(batcher.run_alone(lone_job(0, []), deadline(30)))
     await asyncio.sleep(0.05)  # the lone job waits behind it
-    threading.Timer(0.3, hold.set).start()  # stop() blocks the loop while the held run ends
+    threading.Timer(0.3, hold.set).start()  # stop() waits (off the loop) for the held run
     started = loop.time()
     await batcher.stop(drain_timeout_s=0.1)
     for task in (held, lone):
         with pytest.raises(NotReadyError, match="shutting down"):
             await task
     assert loop.time() - started < 5  # not at their 30 s deadline
+
+
+async def test_stop_waits_for_a_stuck_run_without_blocking_the_event_loop() -> None:
+    """A run held on the model thread: stop() returns only once it has ended, and the loop
+    meanwhile keeps serving (every tick of a 10 ms ticker is on time)."""
+    hold = threading.Event()
+    batcher = make(Recorder(hold))
+    loop = asyncio.get_running_loop()
+    held = asyncio.create_task(batcher.submit(1, deadline(30)))
+    await asyncio.sleep(0.05)  # the run holds the model thread
+    stopping = asyncio.create_task(batcher.stop(drain_timeout_s=0.05))
+    lags: list[float] = []
+    for _ in range(30):  # 0.3 s of the run still held while stop() waits for it
+        before = loop.time()
+        await asyncio.sleep(0.01)
+        lags.append(loop.time() - before - 0.01)
+    assert not stopping.done()  # it waits for the model thread to end
+    hold.set()
+    await asyncio.wait_for(stopping, 5)
+    assert max(lags) < 0.05, lags
+    with pytest.raises(NotReadyError):
+        await held
+    assert all(not t.is_alive() for t in threading.enumerate() if t.name.startswith("model-m_"))
 
 
 async def test_two_instances_run_two_batches_at_once_and_never_split_one() -> None:

@@ -84,7 +84,9 @@ class StageRun:
 class PipelineRun:
     name: str
     images: list[PipelineImage]  # in input order
-    pictures: list[DecodedImage]  # each image as decoded (full resolution), for rendering
+    # each image as kept for cropping (at most the working resolution, orig_w/orig_h the
+    # original's), for render=true: one image only, so a larger request keeps none
+    pictures: list[DecodedImage]
     stages: list[StageRun]
 
 
@@ -326,7 +328,8 @@ class Inference:
             count = len(plan.crops)
             images.append(assemble(s.result, plan, classified[offset : offset + count]))
             offset += count
-        return PipelineRun(name, images, [s.picture for s in seen], stages)
+        pictures = [s.picture for s in seen] if len(raws) == 1 else []
+        return PipelineRun(name, images, pictures, stages)
 
     async def _hold(
         self, held: contextlib.AsyncExitStack, pipeline: str, stage: str, model: str, task: str

@@ -14,10 +14,6 @@ from service.tasks.base import Outputs
 from service.tasks.classification import label_for
 from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
 
-# Boxes of different classes are shifted this far apart so one NMS pass never suppresses
-# across classes (Ultralytics' "max_wh" trick).
-_CLASS_OFFSET = 7680.0
-
 
 @dataclass(frozen=True)
 class DetectParams:
@@ -39,41 +35,117 @@ class Detections:
         return int(self.scores.shape[0])
 
 
+# What a request can make NMS cost (DESIGN.md, "The perimeter"): scores under MIN_CONFIDENCE
+# never count as detections whatever the request's confidence (Ultralytics validates at 0.001),
+# and NMS looks at no more than MAX_NMS_CANDIDATES candidates per image, the best-scored first
+# (torchvision's and Ultralytics' ``max_nms``): the greedy loop's cost grows with candidates × kept.
+MIN_CONFIDENCE = 0.001
+MAX_NMS_CANDIDATES = 30_000
+# Candidates NMS compares with the boxes kept so far in one vectorised step
+_NMS_BLOCK = 256
+
+
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one ``[4]`` box with ``[N,4]`` boxes (x1,y1,x2,y2)."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
+    ious: np.ndarray = pairwise_iou(box[None, :], boxes)[0]
+    return ious
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[A,B]`` IoU of every ``a[A,4]`` box with every ``b[B,4]`` box (x1,y1,x2,y2); 0 where
+    both are empty."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
-    """Greedy NMS; returns kept indices by descending score (at most ``max_keep``)."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size and len(keep) < max_keep:
-        best = int(order[0])
-        keep.append(best)
-        if order.size == 1:
-            break
-        rest = order[1:]
-        order = rest[box_iou(boxes[best], boxes[rest]) <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    max_keep: int,
+    max_candidates: int = MAX_NMS_CANDIDATES,
+) -> np.ndarray:
+    """Greedy NMS over the ``max_candidates`` best-scored ``boxes[N,4]``; returns kept indices
+    ``int64[K]`` by descending score (ties: lower index first), at most ``max_keep``."""
+    return batched_nms(
+        boxes, scores, np.zeros(scores.shape[0], np.int64), iou_threshold, max_keep, max_candidates
+    )
 
 
 def batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float, max_keep: int
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    iou: float,
+    max_keep: int,
+    max_candidates: int = MAX_NMS_CANDIDATES,
 ) -> np.ndarray:
-    """Class-aware NMS: boxes only suppress boxes of their own class."""
-    if boxes.shape[0] == 0:
+    """Class-aware NMS: boxes only suppress boxes of their own class. Of ``boxes[N,4]``, only
+    the ``max_candidates`` best-scored take part; returns kept indices ``int64[K]`` by
+    descending score (ties: lower index first), at most ``max_keep``. Each class runs on its
+    own (its cost follows its own candidates × kept, not the image's)."""
+    order = np.argsort(-scores, kind="stable")[: max(0, max_candidates)].astype(np.int64)
+    if max_keep <= 0 or order.size == 0:
         return np.zeros(0, dtype=np.int64)
-    shifted = boxes + (class_ids.astype(np.float32) * _CLASS_OFFSET)[:, None]
-    return nms(shifted, scores, iou, max_keep)
+    if iou >= 1.0:  # no IoU exceeds 1: nothing can be suppressed
+        return order[:max_keep]
+    # the candidates grouped by class, each group still in score order
+    grouped = order[np.argsort(class_ids[order], kind="stable")]
+    bounds = np.flatnonzero(np.diff(class_ids[grouped])) + 1
+    kept = [
+        group if group.size == 1 else group[_greedy(boxes[group], iou, max_keep)]
+        for group in np.split(grouped, bounds)
+    ]
+    merged = np.concatenate(kept)
+    rank = np.empty(scores.shape[0], dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return merged[np.argsort(rank[merged], kind="stable")][:max_keep]
+
+
+def _greedy(ranked: np.ndarray, iou: float, max_keep: int) -> np.ndarray:
+    """Greedy NMS of ``ranked[N,4]``, boxes already by descending score: the positions kept,
+    ``int64[K]`` ascending, at most ``max_keep``.
+
+    Boxes are taken in blocks: a block is compared with every box kept so far in one step,
+    then its survivors with each other, so Python runs once per block (and per block member
+    that overlaps another), not once per kept box; the result is that of the one-box-at-a-time
+    loop."""
+    kept: list[np.ndarray] = []
+    kept_boxes = ranked[:0]
+    count = 0
+    for start in range(0, ranked.shape[0], _NMS_BLOCK):
+        block = ranked[start : start + _NMS_BLOCK]
+        alive = np.arange(block.shape[0])
+        if kept_boxes.shape[0]:
+            # "not <=" rather than ">": a NaN IoU suppresses, as in the textbook loop
+            beaten = ~(pairwise_iou(block, kept_boxes) <= iou).all(axis=1)
+            alive = alive[~beaten]
+        if alive.size > 1:  # within the block, in score order: a survivor suppresses later ones
+            over = np.triu(~(pairwise_iou(block[alive], block[alive]) <= iou), k=1)
+            suppressed = np.zeros(alive.size, dtype=bool)
+            for i in np.flatnonzero(over.any(axis=1)).tolist():
+                if not suppressed[i]:
+                    suppressed |= over[i]
+            alive = alive[~suppressed]
+        alive = alive[: max_keep - count]
+        kept.append(start + alive)
+        kept_boxes = np.concatenate([kept_boxes, block[alive]])
+        count += alive.size
+        if count >= max_keep:
+            break
+    return np.concatenate(kept).astype(np.int64)
+
+
+def _threshold(params: DetectParams) -> float:
+    """The score a candidate needs: the request's confidence, never under ``MIN_CONFIDENCE``."""
+    return max(params.confidence, MIN_CONFIDENCE)
 
 
 def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
@@ -88,7 +160,7 @@ def _select(
     row numbers (``int64[K]``), for outputs that carry more per candidate (mask coefficients)."""
     class_ids = class_scores.argmax(axis=1)
     scores = class_scores[np.arange(class_scores.shape[0]), class_ids]
-    keep = scores >= params.confidence
+    keep = scores >= _threshold(params)
     if params.class_ids is not None:
         keep &= np.isin(class_ids, np.fromiter(params.class_ids, dtype=np.int64))
     rows = np.flatnonzero(keep)
@@ -123,7 +195,7 @@ def decode_yolov5(output: np.ndarray, params: DetectParams) -> Detections:
     """``float32[N, 5+C]`` (cx, cy, w, h, objectness, class scores) → detections."""
     if output.ndim != 2 or output.shape[1] < 6:
         raise ValueError(f"yolov5 output must be [N, 5+C], got {output.shape}")
-    candidates = output[output[:, 4] >= params.confidence]
+    candidates = output[output[:, 4] >= _threshold(params)]
     class_scores = candidates[:, 5:] * candidates[:, 4:5]
     return _select(_cxcywh_to_xyxy(candidates[:, :4]), class_scores, params)[0]
 
@@ -167,7 +239,7 @@ def decode_nanodet(
         )
     class_scores = output[:, :num_classes]
     # only points that can pass the threshold are worth the softmax
-    rows = np.flatnonzero(class_scores.max(axis=1) >= params.confidence)
+    rows = np.flatnonzero(class_scores.max(axis=1) >= _threshold(params))
     logits = output[rows, num_classes:].reshape(rows.size, 4, width // 4)
     weights = np.exp(logits - logits.max(axis=2, keepdims=True))
     weights /= weights.sum(axis=2, keepdims=True)
@@ -181,7 +253,7 @@ def decode_torchvision(
     boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, params: DetectParams
 ) -> Detections:
     """Already-NMSed ``boxes[N,4]``, ``labels[N]``, ``scores[N]`` → filtered detections."""
-    keep = scores >= params.confidence
+    keep = scores >= _threshold(params)
     if params.class_ids is not None:
         keep &= np.isin(labels, np.fromiter(params.class_ids, dtype=np.int64))
     order = np.argsort(-scores[keep], kind="stable")[: params.max_detections]

@@ -3,8 +3,10 @@
 Pure numpy / Pillow, like every task module; ``service.inference`` runs the stages, each through
 its model's own batcher. Two adapters give the stage processors the pipeline's inputs:
 
-- ``WholeImage`` (first stage): decodes the request's image at full resolution once and keeps the
-  picture beside the model's result, so the crops and the rendered picture need no second decode.
+- ``WholeImage`` (first stage): decodes the request's image once, prepares the model's input from
+  it, and keeps the picture beside the model's result at no more than ``WORKING_PIXELS`` (the
+  crops and the rendered picture are cut from it, with no second decode). Coordinates stay in
+  pixels of the original image; only the pixels kept are fewer.
 - ``CropInput`` (per-crop stage): takes a ``Crop`` (the decoded picture + a box) and prepares the
   box's pixels as the model's own preprocessing says, from the array: never re-encoded.
 
@@ -31,6 +33,7 @@ from service.tasks.imaging import (
     ImageProcessor,
     crop_image,
     decode_image,
+    reduced,
 )
 
 ParamsT = TypeVar("ParamsT", contravariant=True)
@@ -39,6 +42,13 @@ P = TypeVar("P")
 R = TypeVar("R")
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the original image
 Skip = Literal["too_small", "over_limit"]
+
+# The most pixels of each image a pipeline keeps between its stages (for the crops, and the
+# picture ``render=true`` draws on): a request's images are all held until its crops are
+# classified, so it is this, not the decode limit, that bounds the pipeline's memory
+# (× 3 bytes × images per request). A crop of a larger image is cut from the picture scaled to
+# this; the per-crop model's input is far smaller still.
+WORKING_PIXELS = 4_000_000
 
 
 class ImageStage(Protocol[ParamsT, ResultT]):
@@ -80,7 +90,8 @@ class PipelineOptions:
 
 @dataclass(frozen=True)
 class Framed:
-    """The first stage's meta: the model input's geometry and the decoded picture."""
+    """The first stage's meta: the model input's geometry and the decoded picture, at no more
+    than ``WORKING_PIXELS``."""
 
     geometry: Geometry
     picture: DecodedImage
@@ -88,7 +99,8 @@ class Framed:
 
 @dataclass(frozen=True)
 class Seen(Generic[R]):
-    """A first-stage result with the picture it was computed on (full resolution, oriented)."""
+    """A first-stage result with the picture it was computed on (oriented, at no more than
+    ``WORKING_PIXELS``; its ``orig_w``/``orig_h`` are the original image's)."""
 
     result: R
     picture: DecodedImage
@@ -115,11 +127,17 @@ class WholeImage(_StageAdapter[P, R]):
     """``stage``'s processor for a pipeline's first step: image bytes → (feeds, ``Framed``);
     ``finish`` → ``Seen`` (the stage's result + the picture)."""
 
+    working_pixels = WORKING_PIXELS
+
     def prepare(self, raw: bytes) -> tuple[Feeds, Framed]:
-        # full resolution (no draft decoding): the crops are cut from these pixels
-        picture = decode_image(raw, max_pixels=self.stage.image.max_pixels)
-        feeds, geometry = self.stage.image.from_decoded(picture)
-        return feeds, Framed(geometry, picture)
+        # A JPEG decodes at the smallest DCT scale that keeps the working resolution; other
+        # formats decode whole. The model's input comes from the decoded pixels; the picture
+        # kept is scaled down to the working resolution and the decoded one dropped here.
+        decoded = decode_image(
+            raw, max_pixels=self.stage.image.max_pixels, min_pixels=self.working_pixels
+        )
+        feeds, geometry = self.stage.image.from_decoded(decoded)
+        return feeds, Framed(geometry, reduced(decoded, self.working_pixels))
 
     def prepare_inline(self, raws: Sequence[bytes]) -> bool:
         return False  # decoding takes milliseconds: in the pool
@@ -133,7 +151,8 @@ class WholeImage(_StageAdapter[P, R]):
 
 @dataclass(frozen=True)
 class Crop:
-    """One region of a decoded picture (shared by all its crops, not copied until prepared)."""
+    """One region of a decoded picture (shared by all its crops, not copied until prepared);
+    ``box`` is in pixels of the original image, whatever the picture's own size."""
 
     picture: DecodedImage
     box: Box

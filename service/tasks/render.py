@@ -274,7 +274,8 @@ def detections_picture(
 def pipeline_picture(picture: Image.Image, result: PipelineImage, fmt: RenderFormat) -> bytes:
     """A pipeline's result on its (already decoded) picture: each detection's box tagged with
     both labels, ``cat 0.58 | tabby 0.41`` (the crop's best class; just the detection when it
-    was not cropped)."""
+    was not cropped). The picture may be smaller than the original image (a pipeline keeps
+    its working resolution): the boxes, in original-image pixels, are scaled onto it."""
     det = result.detections.detections
     texts = []
     for label, score, crop in zip(
@@ -285,9 +286,11 @@ def pipeline_picture(picture: Image.Image, result: PipelineImage, fmt: RenderFor
             best = crop.result.predictions[0]
             text += f" | {best.label} {best.score:.2f}"
         texts.append(text)
+    sx = picture.width / max(1, result.detections.width)
+    sy = picture.height / max(1, result.detections.height)
     image = draw_detections(
         picture,
-        [Box(*b) for b in det.boxes.tolist()],
+        [Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in det.boxes.tolist()],
         det.class_ids.tolist(),
         det.scores.tolist(),
         list(result.detections.labels),

@@ -122,61 +122,76 @@ def rle_encode_region(
         columns = np.zeros((height, pw), dtype=bool)
         columns[top : top + ph] = patch
     flat = columns.ravel(order="F")
+    # run boundaries: where the column-major pixels change value
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
-    if flat.size and flat[0]:
-        runs.insert(0, 0)
-    runs[0] += left * height  # the all-zero columns before it ...
+    starts_on_one = bool(flat.size and flat[0])
+    before = left * height  # the all-zero columns before the patch ...
     after = (width - left - pw) * height  # ... and after it
-    if len(runs) % 2:  # runs alternate zero, one, zero...: an odd count ends on zeros
+    # runs alternate zero, one, zero...: a mask that starts on a one has an empty first run
+    ends = np.concatenate(
+        (np.zeros(int(starts_on_one), np.int64), change, np.asarray([flat.size], np.int64))
+    )
+    runs = np.diff(ends, prepend=np.int64(0))
+    runs[0] += before
+    if runs.size % 2:  # an odd count ends on zeros
         runs[-1] += after
     elif after:
-        runs.append(after)
+        runs = np.append(runs, np.int64(after))
     return {"size": [height, width], "counts": _rle_counts(runs)}
 
 
-def _rle_counts(runs: list[int]) -> str:
-    chars: list[str] = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            chars.append(chr(c + 48))
-    return "".join(chars)
+def _rle_counts(runs: np.ndarray) -> str:
+    """COCO's string form of ``int64[R]`` run lengths, vectorised over the runs: each run from
+    the fourth on is written as its difference to the run two before, then as little-endian
+    5-bit groups, sign-extended, ``0x20`` on every group but the last, each group + 48 one
+    ASCII character (``pycocotools``' ``rleToString``)."""
+    x = runs.astype(np.int64, copy=True)
+    if x.size > 3:
+        x[3:] -= runs[1:-2]
+    # characters per value: the fewest 5-bit groups whose signed range holds it
+    magnitude = np.where(x < 0, ~x, x)  # two's complement: -v needs the bits of v - 1
+    n = np.ones(x.shape, dtype=np.int8)
+    widest = int(magnitude.max(initial=0))
+    k = 1
+    while k * 5 < 64 and widest >= 1 << (5 * k - 1):
+        n += magnitude >= np.int64(1 << (5 * k - 1))
+        k += 1
+    # one row of characters per value, as many columns as the longest needs; the row-major
+    # read-out of the used cells is the string
+    table = np.empty((x.size, k), dtype=np.uint8)
+    for i in range(k):
+        table[:, i] = ((x >> np.int64(5 * i)) & 0x1F) + np.where(n > i + 1, 0x20 + 48, 48)
+    used = np.arange(k, dtype=np.int8) < n[:, None]
+    return table[used].tobytes().decode("ascii")
 
 
 def rle_decode(rle: dict[str, object]) -> np.ndarray:
-    """Inverse of ``rle_encode`` (used by tests and the rendering code)."""
+    """Inverse of ``rle_encode`` (used by tests and the rendering code), vectorised like it:
+    ``bool[H,W]``."""
     size = rle["size"]
     assert isinstance(size, list)
     h, w = int(size[0]), int(size[1])
-    counts: list[int] = []
-    s = str(rle["counts"])
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    flat = np.zeros(h * w, dtype=np.bool_)
-    pos, value = 0, False
-    for run in counts:
-        flat[pos : pos + run] = value
-        pos += run
-        value = not value
+    chars = np.frombuffer(str(rle["counts"]).encode("ascii"), dtype=np.uint8).astype(np.int64)
+    chars -= 48
+    last = (chars & 0x20) == 0  # the last character of each value
+    if chars.size and not last[-1]:
+        raise ValueError("the RLE counts end inside a value")
+    ends = np.flatnonzero(last)
+    if ends.size == 0:  # no runs: an empty mask
+        return np.zeros((h, w), dtype=np.bool_)
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    shift = 5 * (np.arange(chars.size, dtype=np.int64) - np.repeat(starts, ends - starts + 1))
+    x = np.add.reduceat((chars & 0x1F) << shift, starts)
+    negative = (chars[ends] & 0x10) != 0  # sign-extend past the value's last group
+    x[negative] |= np.int64(-1) << (shift[ends[negative]] + 5)
+    # undo the delta coding: from the fourth value on, each is relative to the one two before
+    counts = x.copy()
+    if counts.size > 3:
+        counts[3::2] = counts[1] + np.cumsum(x[3::2])
+        counts[4::2] = counts[2] + np.cumsum(x[4::2])
+    if counts.min() < 0 or counts.sum() != h * w:
+        raise ValueError(f"the RLE counts do not cover a {h}×{w} mask")
+    flat = np.repeat(np.arange(counts.size) % 2 == 1, counts)
     return flat.reshape((w, h)).T
 
 

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.model_config import ImagePreprocessing
 from service.tasks.detection import (
+    MAX_NMS_CANDIDATES,
+    MIN_CONFIDENCE,
     DetectParams,
     batched_nms,
+    box_iou,
     decode_nanodet,
     decode_torchvision,
     decode_yolov5,
@@ -35,6 +40,78 @@ def test_nms_is_class_aware() -> None:
     scores = np.array([0.9, 0.8], dtype=np.float32)
     assert batched_nms(boxes, scores, np.array([0, 1]), 0.5, 10).tolist() == [0, 1]
     assert batched_nms(boxes, scores, np.array([1, 1]), 0.5, 10).tolist() == [0]
+
+
+def _greedy_one_at_a_time(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float, max_keep: int
+) -> list[int]:
+    """The textbook loop: keep the best, drop its class's boxes over ``iou``, repeat."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_keep:
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        same = class_ids[rest] == class_ids[best]
+        overlap = np.zeros(rest.size)
+        overlap[same] = box_iou(boxes[best], boxes[rest[same]])
+        order = rest[overlap <= iou]
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("iou", [0.1, 0.45, 0.8])
+def test_blocked_nms_keeps_what_the_one_at_a_time_loop_keeps(seed: int, iou: float) -> None:
+    rng = np.random.default_rng(seed)
+    n = 1500  # several blocks, crowded enough that most boxes overlap others
+    xy = rng.random((n, 2)) * 200
+    boxes = np.concatenate([xy, xy + rng.random((n, 2)) * 40 + 2], 1).astype(np.float32)
+    scores = rng.random(n).astype(np.float32)
+    scores[rng.integers(0, n, 200)] = 0.5  # ties: the lower index goes first
+    class_ids = rng.integers(0, 3, n)
+    for max_keep in (n, 300, 7):
+        expected = _greedy_one_at_a_time(boxes, scores, class_ids, iou, max_keep)
+        assert batched_nms(boxes, scores, class_ids, iou, max_keep).tolist() == expected
+
+
+def test_nms_candidate_cap_bounds_the_work_and_keeps_the_best_scores() -> None:
+    n = 100_000
+    rng = np.random.default_rng(0)
+    out = np.zeros((5, n), dtype=np.float32)  # yolov8 layout, one class, all at score 1.0
+    out[:2] = rng.random((2, n)) * 640
+    out[2:4] = 20
+    out[4] = 1.0
+    params = DetectParams(confidence=0.0, iou=0.99, max_detections=10_000)
+    started = time.process_time()
+    det = decode_yolov8(out, params)
+    # the uncapped greedy loop took ~30 s of CPU here; the cap, ~1 s
+    assert time.process_time() - started < 10
+    assert len(det) == 10_000
+    assert n > MAX_NMS_CANDIDATES
+    # only the best-scored candidates take part: a low-scored box overlapping nothing is never
+    # kept when max_candidates better ones come before it
+    xy = rng.random((1000, 2)) * 10_000
+    boxes = np.concatenate([xy, xy + 1], 1).astype(np.float32)  # 1×1 boxes: no overlaps
+    scores = rng.random(1000).astype(np.float32)
+    kept = nms(boxes, scores, 0.5, 1000, max_candidates=50)
+    assert sorted(kept.tolist()) == sorted(np.argsort(-scores)[:50].tolist())
+    assert scores[kept].tolist() == sorted(scores[kept].tolist(), reverse=True)
+
+
+def test_iou_one_suppresses_nothing_and_returns_the_best_first() -> None:
+    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (5, 1))
+    scores = np.array([0.1, 0.5, 0.3, 0.5, 0.9], np.float32)
+    assert nms(boxes, scores, 1.0, 10).tolist() == [4, 1, 3, 2, 0]
+    assert nms(boxes, scores, 1.0, 2).tolist() == [4, 1]
+    assert nms(boxes, scores, 0.99, 10).tolist() == [4]
+
+
+def test_confidence_has_a_floor_whatever_the_request_asks() -> None:
+    out = np.array(
+        [[10, 30], [10, 30], [4, 4], [4, 4], [MIN_CONFIDENCE / 2, MIN_CONFIDENCE]], np.float32
+    )
+    det = decode_yolov8(out, DetectParams(confidence=0.0))
+    assert det.scores.tolist() == [pytest.approx(MIN_CONFIDENCE)]
 
 
 def test_decode_yolov8_converts_centres_and_applies_thresholds_and_class_filter() -> None:

@@ -3,6 +3,7 @@ a pipeline binds to the models it names."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,24 @@ from PIL import Image
 from service.errors import BadRequestError
 from service.model_config import (
     ConfigError,
+    ImagePreprocessing,
     PipelineConfig,
     config_task,
     load_model_config,
     load_pipeline_config,
 )
 from service.runtime.pipelines import bind
-from service.tasks.detection import Detections
-from service.tasks.imaging import DecodedImage, crop_image
-from service.tasks.pipeline import PipelineOptions, plan_crops
+from service.tasks import render
+from service.tasks.detection import Detections, DetectParams, DetectProcessor
+from service.tasks.imaging import DecodedImage, ImageProcessor, crop_image, decode_image
+from service.tasks.pipeline import (
+    WORKING_PIXELS,
+    CropResult,
+    PipelineImage,
+    PipelineOptions,
+    WholeImage,
+    plan_crops,
+)
 
 STEPS: list[dict[str, Any]] = [
     {"step": "detect", "model": "det"},
@@ -128,6 +138,74 @@ def test_a_crop_of_a_draft_decoded_picture_maps_original_pixels() -> None:
     assert (crop.orig_w, crop.orig_h) == (40, 20)
     assert crop.image.size == (20, 10)
     assert np.asarray(crop.image).min() == 255
+
+
+def _flat_picture(width: int, height: int, box: tuple[int, int, int, int], fmt: str) -> bytes:
+    """A grey ``width × height`` image, red inside ``box``: a few KB as PNG at any size."""
+    img = Image.new("RGB", (width, height), (128, 128, 128))
+    img.paste((255, 0, 0), box)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _detector() -> WholeImage[DetectParams, Any]:
+    spec = ImagePreprocessing(resize="letterbox", width=64, height=64)
+    image = ImageProcessor(spec, "images", max_pixels=100_000_000)
+    return WholeImage(DetectProcessor(image, "yolov8", ["output0"], ["red"]))
+
+
+def _one_box_output(box: tuple[float, float, float, float], geometry: Any) -> dict[str, Any]:
+    """A yolov8 output ``float32[5,1]`` with ``box`` (original pixels) in input pixels."""
+    x1, y1, x2, y2 = box
+    ix1, ix2 = x1 * geometry.scale_x + geometry.pad_x, x2 * geometry.scale_x + geometry.pad_x
+    iy1, iy2 = y1 * geometry.scale_y + geometry.pad_y, y2 * geometry.scale_y + geometry.pad_y
+    cx, cy, w, h = (ix1 + ix2) / 2, (iy1 + iy2) / 2, ix2 - ix1, iy2 - iy1
+    return {"output0": np.array([[cx], [cy], [w], [h], [0.9]], np.float32)}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_pipeline_keeps_large_pictures_at_the_working_resolution(fmt: str) -> None:
+    width, height, box = 5000, 2400, (3000, 600, 4000, 1800)  # 12 MP, 3× the working one
+    stage = _detector()
+    _, framed = stage.prepare(_flat_picture(width, height, box, fmt))
+    kept = framed.picture
+    assert kept.image.width * kept.image.height <= WORKING_PIXELS
+    assert kept.image.width * kept.image.height > WORKING_PIXELS * 0.99
+    assert (kept.orig_w, kept.orig_h) == (width, height)
+    assert abs(kept.image.width / kept.image.height - width / height) < 0.01
+    seen = stage.finish(_one_box_output(box, framed.geometry), framed, DetectParams())
+    # the detections are in pixels of the original image, not of the picture kept
+    assert (seen.result.width, seen.result.height) == (width, height)
+    np.testing.assert_allclose(seen.result.detections.boxes[0], box, atol=1)
+    # a crop of the kept picture is the box's region, its "original" size the box's
+    crop = crop_image(seen.picture, box)
+    assert (crop.orig_w, crop.orig_h) == (1000, 1200)
+    inside = np.asarray(crop.image, dtype=np.int16)[8:-8, 8:-8]  # the edges blend with grey
+    assert np.abs(inside - [255, 0, 0]).max() < 24  # red (JPEG: nearly)
+    # render=true draws on the kept picture, the boxes scaled onto it
+    no_crop = CropResult[Any](None, None, "too_small")
+    drawn = Image.open(
+        io.BytesIO(
+            render.pipeline_picture(
+                seen.picture.image, PipelineImage(seen.result, (no_crop,)), "png"
+            )
+        )
+    )
+    assert drawn.size == kept.image.size
+    sx = kept.image.width / width
+    bottom = np.asarray(drawn)[int(box[3] * sx) - 1, int((box[0] + box[2]) / 2 * sx)]
+    assert tuple(bottom.tolist()) == render.colour(0)
+
+
+def test_a_pipeline_keeps_a_picture_under_the_working_resolution_as_decoded() -> None:
+    data = _flat_picture(640, 480, (100, 100, 300, 200), "PNG")
+    feeds, framed = _detector().prepare(data)
+    whole = decode_image(data, max_pixels=100_000_000)
+    assert framed.picture.image.size == (640, 480)
+    np.testing.assert_array_equal(np.asarray(framed.picture.image), np.asarray(whole.image))
+    expected, _ = _detector().stage.image.from_decoded(whole)
+    np.testing.assert_array_equal(feeds["images"], expected["images"])
 
 
 def test_request_classes_narrow_the_configured_filter() -> None:

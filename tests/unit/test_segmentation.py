@@ -39,6 +39,41 @@ def test_rle_matches_pycocotools_both_ways(seed: int) -> None:
     np.testing.assert_array_equal(rle_decode(ours), mask)
 
 
+def _shape_cases() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    stripes = np.zeros((300, 200), bool)
+    stripes[:, ::3] = True  # long runs and short ones: multi-character deltas of both signs
+    long_runs = np.zeros((1000, 700), bool)  # runs past 2^19: five characters each
+    long_runs[:, 300:650] = True
+    return [
+        ("all zero", np.zeros((17, 23), bool)),
+        ("all one", np.ones((17, 23), bool)),
+        ("1×N", rng.random((1, 257)) > 0.5),
+        ("N×1", rng.random((257, 1)) > 0.5),
+        ("1×N ones", np.ones((1, 40), bool)),
+        ("N×1 zeros", np.zeros((40, 1), bool)),
+        ("1×1 one", np.ones((1, 1), bool)),
+        ("1×1 zero", np.zeros((1, 1), bool)),
+        ("noise", rng.random((97, 131)) > 0.5),
+        ("sparse", rng.random((120, 90)) > 0.995),
+        ("stripes", stripes),
+        ("long runs", long_runs),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "mask"), _shape_cases(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_rle_matches_pycocotools_on_odd_shapes(name: str, mask: np.ndarray) -> None:
+    ours = rle_encode(mask)
+    theirs = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    assert ours["counts"] == theirs["counts"].decode(), name
+    assert ours["size"] == list(mask.shape)
+    np.testing.assert_array_equal(rle_decode(ours), mask)
+    theirs_str = {"size": ours["size"], "counts": theirs["counts"].decode()}
+    np.testing.assert_array_equal(rle_decode(theirs_str), mask)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_region_rle_equals_the_rle_of_the_full_mask(seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -95,6 +95,7 @@ def test_detect_yolov5_layout_and_class_filter(client: TestClient) -> None:
     assert det["box"] == pytest.approx({"x1": 0, "y1": 32, "x2": 32, "y2": 64}, abs=1)
     unknown = client.post("/detect", json={**data, "classes": ["zebra"]})
     assert unknown.status_code == 400
+    assert unknown.json()["error_type"] == "bad_request"
     assert "zebra" in unknown.json()["error"]
 
 
@@ -233,6 +234,7 @@ def test_embed_truncates_or_refuses_long_texts(client: TestClient) -> None:
     assert ok.json()["usage"]["prompt_tokens"] == 16
     refused = client.post("/embed", json={"inputs": long, "truncate": False})
     assert refused.status_code == 422
+    assert refused.json()["error_type"] == "validation_error"
     assert "16 tokens" in refused.json()["error"]
 
 
@@ -311,6 +313,8 @@ def test_bad_requests_get_a_clear_json_error(
 def test_too_many_images_is_413(client: TestClient) -> None:
     r = client.post("/classify", json={"images": ["aGk="] * 40})
     assert r.status_code == 413
+    assert r.json()["error_type"] == "payload_too_large"
+    assert "at most 32 images per request" in r.json()["error"]
 
 
 def test_api_keys_guard_inference_but_not_health(tiny_repo) -> None:
@@ -321,7 +325,10 @@ def test_api_keys_guard_inference_but_not_health(tiny_repo) -> None:
     app = create_app(Settings(model_repository=tiny_repo, api_keys="k1,k2", **TINY_DEFAULTS))  # type: ignore[arg-type]
     with TestClient(app) as c:
         payload = {"inputs": "cat"}
-        assert c.post("/embed", json=payload).status_code == 401
+        missing = c.post("/embed", json=payload)
+        assert missing.status_code == 401
+        assert missing.json()["error_type"] == "unauthorized"
+        assert missing.headers["www-authenticate"] == "Bearer"
         wrong = c.post("/embed", json=payload, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert wrong.json()["error_type"] == "unauthorized"
@@ -331,7 +338,9 @@ def test_api_keys_guard_inference_but_not_health(tiny_repo) -> None:
             == 200
         )
         assert c.get("/health/ready").status_code == 200
-        assert c.get("/v1/models").status_code == 401
+        listing = c.get("/v1/models")
+        assert listing.status_code == 401
+        assert listing.json()["error_type"] == "unauthorized"
 
 
 def test_cors_is_closed_by_default_and_configurable(client: TestClient, tiny_repo) -> None:

@@ -91,6 +91,8 @@ def test_invalid_json_is_an_openai_400(client: TestClient) -> None:
     )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["error"]["code"] == "bad_request"
+    assert "not valid JSON" in r.json()["error"]["message"]
 
 
 @pytest.fixture(scope="module")

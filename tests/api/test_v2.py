@@ -118,6 +118,7 @@ def test_unknown_model_and_version_are_404_with_an_error_member(client: TestClie
         r = client.get(path)
         assert r.status_code == 404, path
         assert isinstance(r.json()["error"], str)
+        assert r.json()["error_type"] == "model_not_found", (path, r.json())
 
 
 def test_json_inference_splits_rows_through_the_batcher_and_restacks_them(
@@ -322,10 +323,12 @@ def test_a_request_with_more_rows_than_the_queue_holds_is_413(client: TestClient
         headers={"Inference-Header-Content-Length": str(n)},
     )
     assert r.status_code == 413
+    assert r.json()["error_type"] == "payload_too_large"
     assert "max_queue_size" in r.json()["error"]
 
 
 def test_infer_on_an_unknown_model_is_404(client: TestClient) -> None:
     r = client.post("/v2/models/nope/infer", json={"inputs": [json_tensor("input", X, "FP32")]})
     assert r.status_code == 404
+    assert r.json()["error_type"] == "model_not_found"
     assert "nope" in r.json()["error"]

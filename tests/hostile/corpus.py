@@ -19,7 +19,7 @@ import json
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -156,6 +156,10 @@ class ImageCase:
     json_status: int | None = None  # when base64 in JSON is answered differently
     json_error_type: str | None = None
 
+    def __post_init__(self) -> None:
+        if (self.status >= 400) != bool(self.error_type):
+            raise ValueError(f"status {self.status} with error_type {self.error_type}")
+
 
 IMAGES: dict[str, ImageCase] = {
     # valid, unusual: accepted
@@ -238,6 +242,13 @@ class Case:
     error_type: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # httpx request arguments
     method: str = "POST"
+    says: str = ""  # a fragment the error message must contain (case-insensitive)
+
+    def __post_init__(self) -> None:
+        # an error case that names no type would let any error body pass (OpenAI's shape: the
+        # type is its ``code``; ``invalid_value`` for a request that fails validation)
+        if (self.status >= 400) != bool(self.error_type):
+            raise ValueError(f"{self.id}: status {self.status} with error_type {self.error_type}")
 
     def request_kwargs(self) -> dict[str, Any]:
         return dict(self.kwargs)
@@ -322,14 +333,14 @@ def request_cases() -> list[Case]:
     # -- bodies that are not what they claim ----------------------------------------------
     for path in ALL_POST:
         openai = path == "/v1/embeddings"
-        add(Case(f"empty-body{path}", path, 400, None if openai else "bad_request", raw(b"")))
-        add(Case(f"invalid-json{path}", path, 400, None if openai else "bad_request", raw(b"{")))
+        add(Case(f"empty-body{path}", path, 400, "bad_request", raw(b"")))
+        add(Case(f"invalid-json{path}", path, 400, "bad_request", raw(b"{")))
         add(
             Case(
                 f"invalid-utf8{path}",
                 path,
                 400,
-                None if openai else "bad_request",
+                "bad_request",
                 raw(b'{"inputs": "\xff\xfe\xfd", "images": ["\xc3\x28"]}'),
             )
         )
@@ -338,7 +349,7 @@ def request_cases() -> list[Case]:
                 f"lone-surrogate{path}",
                 path,
                 400,
-                None if openai else "bad_request",
+                "bad_request",
                 raw('{"inputs": "\\ud800", "input": "\\udfff"}'),
             )
         )
@@ -347,7 +358,7 @@ def request_cases() -> list[Case]:
                 f"nan-literal{path}",
                 path,
                 400,
-                None if openai else "bad_request",
+                "bad_request",
                 raw('{"inputs": "cat", "top_k": NaN}'),
             )
         )
@@ -356,7 +367,7 @@ def request_cases() -> list[Case]:
                 f"deeply-nested{path}",
                 path,
                 400,
-                None if openai else "bad_request",
+                "bad_request",
                 raw("[" * 100_000 + "]" * 100_000),
             )
         )
@@ -367,7 +378,7 @@ def request_cases() -> list[Case]:
                 f"wrong-content-type{path}",
                 path,
                 status,
-                None if openai else kind,
+                kind,
                 raw(b"cat", "text/plain"),
             )
         )
@@ -376,13 +387,17 @@ def request_cases() -> list[Case]:
                 f"xml{path}",
                 path,
                 status,
-                None if openai else kind,
+                kind,
                 raw(b"<?xml version='1.0'?><a/>", "application/xml"),
             )
         )
         for value in ("[]", '"text"', "null", "5", "true"):
             status = 400 if openai or path == V2_INFER else 422
-            kind = None if openai else ("bad_request" if path == V2_INFER else "validation_error")
+            kind = (
+                "invalid_value"
+                if openai
+                else ("bad_request" if path == V2_INFER else "validation_error")
+            )
             add(Case(f"top-level-{value}{path}", path, status, kind, raw(value)))
         for header, value in (
             ("x-request-timeout-ms", "soon"),
@@ -395,7 +410,7 @@ def request_cases() -> list[Case]:
                     f"timeout-header-{value}{path}",
                     path,
                     400,
-                    None if openai else "bad_request",
+                    "bad_request",
                     {"json": {"inputs": "cat"}, "headers": {header: value}},
                 )
             )
@@ -630,6 +645,7 @@ def request_cases() -> list[Case]:
                     422,
                     "validation_error",
                     {"json": {"images": [TINY], name: js_value}},
+                    says=name,
                 )
             )
             add(
@@ -639,6 +655,7 @@ def request_cases() -> list[Case]:
                     422,
                     "validation_error",
                     multipart([TINY_PNG], **{name: form_value}),
+                    says=name,
                 )
             )
     add(
@@ -675,11 +692,31 @@ def request_cases() -> list[Case]:
     for path, key in (("/embed", "inputs"), ("/v1/embeddings", "input")):
         openai = path == "/v1/embeddings"
         e422 = 400 if openai else 422  # OpenAI answers every invalid request with 400
-        kind422 = None if openai else "validation_error"
+        kind422 = "invalid_value" if openai else "validation_error"
         add(Case(f"ok{path}", path, 200, None, {"json": {key: "cat dog"}}))
-        add(Case(f"empty-text{path}", path, e422, kind422, {"json": {key: ""}}))
-        add(Case(f"whitespace-text{path}", path, e422, kind422, {"json": {key: " \t\n\u3000 "}}))
-        add(Case(f"one-empty-of-many{path}", path, e422, kind422, {"json": {key: ["cat", " "]}}))
+        # blank texts pass the schema and are refused by the service's own check, in both shapes
+        blank = "validation_error"
+        add(Case(f"empty-text{path}", path, e422, blank, {"json": {key: ""}}, says="empty"))
+        add(
+            Case(
+                f"whitespace-text{path}",
+                path,
+                e422,
+                blank,
+                {"json": {key: " \t\n\u3000 "}},
+                says="whitespace",
+            )
+        )
+        add(
+            Case(
+                f"one-empty-of-many{path}",
+                path,
+                e422,
+                blank,
+                {"json": {key: ["cat", " "]}},
+                says=f"{key}[1]",
+            )
+        )
         add(Case(f"empty-list{path}", path, e422, kind422, {"json": {key: []}}))
         add(Case(f"text-number{path}", path, e422, kind422, {"json": {key: 5}}))
         add(Case(f"text-null{path}", path, e422, kind422, {"json": {key: None}}))
@@ -709,7 +746,7 @@ def request_cases() -> list[Case]:
                 f"text-over-limit{path}",
                 path,
                 413,
-                None if openai else "payload_too_large",
+                "payload_too_large",
                 {"json": {key: long_text + "x"}},
             )
         )
@@ -718,7 +755,7 @@ def request_cases() -> list[Case]:
                 f"too-many-texts{path}",
                 path,
                 413,
-                None if openai else "payload_too_large",
+                "payload_too_large",
                 {"json": {key: ["cat"] * 257}},
             )
         )
@@ -729,7 +766,7 @@ def request_cases() -> list[Case]:
                 f"model-unknown{path}",
                 path,
                 404,
-                None if openai else "model_not_found",
+                "model_not_found",
                 {"json": {key: "cat", "model": "nope"}},
             )
         )
@@ -738,7 +775,7 @@ def request_cases() -> list[Case]:
                 f"model-wrong-task{path}",
                 path,
                 400,
-                None if openai else "bad_request",
+                "bad_request",
                 {"json": {key: "cat", "model": "tiny-classifier"}},
             )
         )
@@ -771,14 +808,21 @@ def request_cases() -> list[Case]:
         )
     )
     add(
-        Case("token-ids/v1/embeddings", "/v1/embeddings", 400, None, {"json": {"input": [1, 2, 3]}})
+        Case(
+            "token-ids/v1/embeddings",
+            "/v1/embeddings",
+            400,
+            "bad_request",
+            {"json": {"input": [1, 2, 3]}},
+            says="token-id arrays are not supported",
+        )
     )
     add(
         Case(
             "dimensions-zero/v1/embeddings",
             "/v1/embeddings",
             400,
-            None,
+            "invalid_value",
             {"json": {"input": "cat", "dimensions": 0}},
         )
     )
@@ -787,7 +831,7 @@ def request_cases() -> list[Case]:
             "dimensions-huge/v1/embeddings",
             "/v1/embeddings",
             400,
-            None,
+            "bad_request",
             {"json": {"input": "cat", "dimensions": 9999}},
         )
     )
@@ -796,7 +840,7 @@ def request_cases() -> list[Case]:
             "encoding-format/v1/embeddings",
             "/v1/embeddings",
             400,
-            None,
+            "invalid_value",
             {"json": {"input": "cat", "encoding_format": "int8"}},
         )
     )
@@ -1004,8 +1048,114 @@ def request_cases() -> list[Case]:
             b"/../../../etc/passwd",
         )
     ):
-        add(Case(f"path-traversal-{i}", "/", 404, None, {"extensions": {"target": target}}, "GET"))
+        add(
+            Case(
+                f"path-traversal-{i}",
+                "/",
+                404,
+                "not_found",
+                {"extensions": {"target": target}},
+                "GET",
+            )
+        )
     add(Case("unknown-path", "/admin", 404, "not_found", {}, "GET"))
     add(Case("wrong-method", "/classify", 405, "method_not_allowed", {}, "GET"))
     add(Case("wrong-method-delete", "/v1/models", 405, "method_not_allowed", {}, "DELETE"))
-    return cases
+    return [
+        replace(case, says=case.says or _says(case.id)) if case.status >= 400 else case
+        for case in cases
+    ]
+
+
+# What the error message must say, by case id, by the id's name before its path, or by a name
+# prefix ending in ``-``: the type alone lets a refusal for the wrong reason pass (a URL refused
+# because fetching it failed, a limit hit by the wrong rule). Matched case-insensitively.
+SAYS: dict[str, str] = {
+    "empty-body": "body is empty",
+    "invalid-json": "not valid JSON",
+    "invalid-utf8": "not valid JSON",
+    "lone-surrogate": "not valid JSON",
+    "nan-literal": "not valid JSON",
+    "deeply-nested": "not valid JSON",
+    "wrong-content-type": "application/json",
+    "xml": "application/json",
+    # v2 reads any body as JSON (Triton clients send JSON and binary alike)
+    f"wrong-content-type{V2_INFER}": "not valid JSON",
+    f"xml{V2_INFER}": "not valid JSON",
+    "top-level-": "body",
+    "timeout-header-": "x-request-timeout-ms",
+    "unknown-field": "colour",
+    "unknown-form-field": "colour",
+    "images-": "images",
+    "image-": "images.0",
+    "over-schema-images-json": "at most 256",
+    "invalid-base64": "not valid base64",
+    "url-": "not valid base64",  # never fetched
+    "base64-of-text": "not a supported image",
+    "data-uri-empty": "empty",
+    "multipart-empty-file": "empty",
+    "too-many-images-json": "at most 32 images",
+    "too-many-images-multipart": "at most 32 images",
+    "many-many-files-multipart": "files",
+    "multipart-no-file": "'file' parts",
+    "multipart-file-as-text": "must be a file upload",
+    "multipart-no-boundary": "boundary",
+    "multipart-garbage": "multipart",
+    "model-unknown": "does not exist",
+    "model-wrong-task": "serves task",
+    "model-wrong-task-multipart": "serves task",
+    "model-traversal-": "model",
+    "model-not-string": "model",
+    "render-two-images": "one image",
+    "classes-unknown-label": "zebra",
+    "classes-many": "classes",
+    "text-": "input",
+    "empty-list": "input",
+    "over-schema-texts": "input",
+    "text-over-limit": "the limit is 100000",
+    "too-many-texts": "at most 256 texts",
+    "text-100k-no-truncate": "truncate",
+    "normalize-wrong-type": "normalize",
+    "token-ids": "token-id arrays are not supported",
+    "dimensions-zero": "dimensions",
+    "dimensions-huge": "9999",
+    "encoding-format": "encoding_format",
+    "v2-token-id-too-big": "values must be between 0 and",
+    "v2-token-id-negative": "values must be between 0 and",
+    "v2-mask-negative": "non-negative",
+    "v2-int-overflow": "input_ids",
+    "v2-float-ids": "input_ids",
+    "v2-string-data": "only numbers",
+    "v2-ragged": "regularly nested",
+    "v2-shape-mismatch": "shape [1, 7]",
+    "v2-wrong-dtype": "FP32",
+    "v2-missing-input": "missing inputs ['attention_mask']",
+    "v2-unknown-input": "unknown inputs ['x']",
+    "v2-zero-shape": "empty tensors",
+    "v2-negative-shape": "shape",
+    "v2-huge-shape": "shape",
+    "v2-too-many-rows": "65 rows",
+    "v2-unknown-output": "unknown output 'nope'",
+    "v2-unknown-model": "'nope' does not exist",
+    "v2-wrong-version": "no version 7",
+    "v2-gzip-garbage": "not valid gzip",
+    "v2-gzip-bomb": "decompressed body is larger",
+    "v2-brotli": "'br' is not supported",
+    "v2-header-length-": "Inference-Header-Content-Length",
+    "v2-binary-short": "binary data ends",
+    "v2-binary-ids-out-of-range": "values must be between 0 and",
+    "path-traversal-": "not found",
+    "unknown-path": "not found",
+    "wrong-method": "method not allowed",
+    "wrong-method-delete": "method not allowed",
+}
+
+
+def _says(case_id: str) -> str:
+    stem = case_id.split("/", 1)[0] if not case_id.startswith("/") else case_id
+    if case_id in SAYS:
+        return SAYS[case_id]
+    if stem in SAYS:
+        return SAYS[stem]
+    prefixes = [key for key in SAYS if key.endswith("-") and stem.startswith(key)]
+    return SAYS[max(prefixes, key=len)] if prefixes else ""

@@ -93,9 +93,12 @@ SUCCESS: dict[str, tuple[type[BaseModel], str]] = {
 }
 
 
-def check(response: httpx.Response, status: int, error_type: str | None, path: str) -> None:
+def check(
+    response: httpx.Response, status: int, error_type: str | None, path: str, says: str = ""
+) -> None:
     """The status; for a JSON 200 the endpoint's response schema with at least one result; for
-    errors the documented JSON body with the request's id."""
+    errors the documented JSON body with the request's id, the case's error type (OpenAI's shape
+    carries it as ``code``) and, where the case names one, a fragment of the message."""
     assert response.status_code == status, f"{response.status_code}: {response.text[:300]}"
     assert response.elapsed.total_seconds() < SLOW_S
     if status < 400:
@@ -105,18 +108,21 @@ def check(response: httpx.Response, status: int, error_type: str | None, path: s
                 body = schema.model_validate(response.json())
                 assert getattr(body, results), f"{path}: a 200 with no {results}"
         return
+    assert error_type, f"an error case ({status}) must name the error type it expects"
     body = response.json()
     request_id = response.headers["x-request-id"]
     if path.startswith("/v1/embeddings"):  # OpenAI's error shape; the id is in the header
         assert set(body) == {"error"}
-        assert body["error"]["message"]
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        message = body["error"]["message"]
         assert body["error"]["type"] in ("invalid_request_error", "authentication_error")
+        assert body["error"]["code"] == error_type, body
     else:
-        assert body["error"]
+        message = body["error"]
         assert body["request_id"] == request_id
-        assert body["error_type"] == (error_type or body["error_type"])
-        assert isinstance(body["error_type"], str)
-        assert body["error_type"]
+        assert body["error_type"] == error_type, body
+    assert isinstance(message, str) and message
+    assert says.lower() in message.lower(), f"{says!r} not in the message {message!r}"
     text = response.text.lower()
     for leak in ("traceback", "onnxruntime", 'file "/', "exception"):
         assert leak not in text, f"internal detail {leak!r} reached the client: {response.text}"
@@ -189,7 +195,7 @@ def test_decompression_bombs_are_refused_before_any_allocation(
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_request_gets_its_documented_answer(client: httpx.Client, case: Case) -> None:
     response = client.request(case.method, case.path, **case.request_kwargs())
-    check(response, case.status, case.error_type, case.path)
+    check(response, case.status, case.error_type, case.path, case.says)
 
 
 def _raw_exchange(server: Server, head: bytes, body_chunks: Iterator[bytes]) -> tuple[bytes, int]:

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from service import __version__, tracing
 from service.api import demo, embed, health, openai, pipelines, repository, v2, vision
 from service.api import openapi as openapi_docs
+from service.api.fast import FastPath
 from service.auth import Guard
 from service.core import Core
 from service.errors import INTERNAL_MESSAGE, ClientDisconnectedError, ServiceError, service_body
@@ -182,6 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(demo.router)
     openapi_docs.install(app)
+    # innermost: the probes and v2 inference answered without FastAPI's routing (service.api.fast)
+    app.add_middleware(FastPath, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -63,6 +63,7 @@ class GuardedProtocol(HttpToolsProtocol):
             )
             transport.abort()
             return
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._arm_header_timer()  # even before the first byte: a silent connection is cut too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -103,6 +104,37 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._bytes_seen:  # a client that said nothing is just dropped
             self.transport.write(_TIMEOUT_408)
         self.transport.close()
+
+
+class CoalescingTransport:
+    """The connection's transport with the writes of one event-loop turn sent together: uvicorn
+    writes a response's head and its body separately, a system call (and, on loopback, a wake
+    of the reader) each; here they leave as one ``writelines`` (one ``writev``). Everything
+    else is the transport's own; closing sends what is pending first."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def raise_fd_limit() -> int:

@@ -23,6 +23,7 @@ from service.api import health
 from service.api.deps import context_for, core_of, settings_of, timing_headers
 from service.api.openapi import json_body
 from service.api.v2_codec import DecodedRequest, decode_request, encode_response
+from service.context import RequestContext
 from service.core import Core
 from service.runtime.model import LoadedModel
 from service.schemas.common import error_responses
@@ -40,6 +41,7 @@ router = APIRouter(tags=["v2"])
 health_router = APIRouter(tags=["v2"])
 
 HEADER_LENGTH = "inference-header-content-length"
+INLINE_BYTES = 64 * 1024  # bodies (and answers) up to this are coded on the event loop
 
 
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata (v2)")
@@ -138,40 +140,71 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    ctx = context_for(request)
-    core = core_of(request)
-    core.entry(ctx, name)  # 404 before the body is read
-    body = await request.body()
-    encoding = request.headers.get("content-encoding")
-    header_length = request.headers.get(HEADER_LENGTH)
-    limit = settings_of(request).max_body_bytes
+async def answer_infer(
+    core: Core,
+    ctx: RequestContext,
+    name: str,
+    version: str | None,
+    body: bytes,
+    *,
+    content_encoding: str | None,
+    header_length: str | None,
+    max_body_bytes: int,
+) -> tuple[bytes, int | None]:
+    """A v2 infer body → the answer's body and, with binary outputs, its JSON header's length.
+    Small bodies are decoded and encoded on the event loop, where a thread hop would cost more
+    than the work; large ones in the worker pool."""
+    inline = len(body) <= INLINE_BYTES
 
     def decode(model: LoadedModel) -> DecodedRequest:
         processor = model.processor
         return decode_request(
             body,
-            content_encoding=encoding,
+            content_encoding=content_encoding,
             header_length=header_length,
             config=model.config,
-            max_body_bytes=limit,
+            max_body_bytes=max_body_bytes,
             vocab_size=processor.encoder.vocab_size
             if isinstance(processor, EmbedProcessor)
             else None,
         )
 
-    decoded, inferred = await core.infer(ctx, name, version, decode, lambda d: d.items)
-    body, length = await core.inference.in_pool(
-        encode_response, decoded, inferred.outputs, inferred.model.config, inferred.model.version
+    decoded, inferred = await core.infer(
+        ctx, name, version, decode, lambda d: d.items, inline=inline
     )
+    model = inferred.model
+    if inline and sum(v.nbytes for o in inferred.outputs for v in o.values()) <= INLINE_BYTES:
+        return encode_response(decoded, inferred.outputs, model.config, model.version)
+    return await core.inference.in_pool(
+        encode_response, decoded, inferred.outputs, model.config, model.version
+    )
+
+
+def infer_headers(length: int | None) -> dict[str, str]:
     if length is None:
-        response = Response(body, media_type="application/json")
-    else:
-        response = Response(
-            body,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(length)},
-        )
+        return {"content-type": "application/json"}
+    return {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(length),
+    }
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    ctx = context_for(request)
+    core = core_of(request)
+    core.entry(ctx, name)  # 404 before the body is read
+    body, length = await answer_infer(
+        core,
+        ctx,
+        name,
+        version,
+        await request.body(),
+        content_encoding=request.headers.get("content-encoding"),
+        header_length=request.headers.get(HEADER_LENGTH),
+        max_body_bytes=settings_of(request).max_body_bytes,
+    )
+    headers = infer_headers(length)
+    response = Response(body, media_type=headers.pop("content-type"), headers=headers)
     timing_headers(response, ctx)
     return response
 

@@ -107,7 +107,10 @@ class Core:
         budget = self.settings.request_timeout_s
         if timeout_s is not None:
             if not timeout_s > 0 or math.isnan(timeout_s):
-                raise BadRequestError("the request timeout must be positive")
+                raise BadRequestError(
+                    "the requested timeout (x-request-timeout-ms, or the gRPC deadline) must be "
+                    "a positive number of milliseconds"
+                )
             budget = min(budget, timeout_s)
         return RequestContext(
             started + budget, is_disconnected, caller, protocol, management=management
@@ -246,14 +249,17 @@ class Core:
         version: str | None,
         decode: Callable[[LoadedModel], DecodedT],
         items: Callable[[DecodedT], Sequence[Feeds]],
+        *,
+        inline: bool = False,
     ) -> tuple[DecodedT, Inferred]:
         """Tensors through a model (the Open Inference Protocol): ``decode`` turns the front
-        end's request into the model's items, in the worker pool once the model is known (an
-        unknown model is a 404 before any decoding); each item goes through the batcher."""
+        end's request into the model's items once the model is known (an unknown model is a 404
+        before any decoding), in the worker pool unless ``inline`` (a small request); each item
+        goes through the batcher."""
         self.entry(ctx, name)
         inference = self.inference
         async with inference.lease(name, None, parse_version(name, version), ctx) as model:
-            decoded = await inference.in_pool(decode, model)
+            decoded = decode(model) if inline else await inference.in_pool(decode, model)
             outputs = await inference.tensors(model, items(decoded), ctx)
         return decoded, Inferred(model, outputs)
 

@@ -16,6 +16,11 @@ request deadline only starts once the app runs. ``GuardedProtocol`` adds, per co
 - a **refusal at accept** when the open connections approach the file-descriptor limit, so that
   a flood can never make ``accept()`` fail with EMFILE for everyone.
 
+The port opens at once (``LiveAtOnceServer``): the app's start-up (loading and warming every
+model) runs beside the server instead of before it, so ``/health/live`` answers from the first
+second and ``/health/ready`` says 503 until the models are warm. A strict start-up that fails
+stops the server and the process exits non-zero.
+
 Idle keep-alive connections are closed by uvicorn's own ``timeout_keep_alive``. Why uvicorn and
 not hypercorn or granian: docs/architecture.md ("The HTTP server").
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import sys
 from typing import Any
 
 import uvicorn
@@ -34,6 +40,7 @@ from service.middleware import CLIENT, FIRST_BYTE, OPEN_CONNECTIONS, ClientState
 from service.settings import Settings
 
 log = logging.getLogger("service")
+uvicorn_log = logging.getLogger("uvicorn.error")
 # descriptors kept free of client connections: model files, logs, the pool, probes
 FD_RESERVE = 256
 _TIMEOUT_408 = (
@@ -158,6 +165,48 @@ def make_protocol(settings: Settings, fd_limit: int) -> type[GuardedProtocol]:
     )
 
 
+class LiveAtOnceServer(uvicorn.Server):
+    """uvicorn with the app's lifespan run beside the server, not before it listens: start-up
+    can take minutes (large models, TensorRT engines) and a liveness probe must not fail then.
+    Shutdown keeps uvicorn's order: stop accepting, finish the requests, then the lifespan's
+    shutdown (drain the batchers)."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.app = app
+        self.startup_failed = False
+
+    async def _serve(self, sockets: Any = None) -> None:
+        # inside uvicorn's capture_signals (serve), which re-raises SIGTERM once this returns:
+        # the lifespan's shutdown must be done by then
+        stop = asyncio.Event()
+        lifespan = asyncio.get_running_loop().create_task(self._lifespan(stop))
+        try:
+            await super()._serve(sockets)
+        finally:
+            stop.set()
+            await lifespan
+
+    async def _lifespan(self, stop: asyncio.Event) -> None:
+        started = False
+        try:
+            # uvicorn's own lines, as its lifespan handler writes them: operators grep for them
+            uvicorn_log.info("Waiting for application startup.")
+            async with self.app.router.lifespan_context(self.app):
+                started = True
+                uvicorn_log.info("Application startup complete.")
+                await stop.wait()
+                uvicorn_log.info("Waiting for application shutdown.")
+            uvicorn_log.info("Application shutdown complete.")
+        except Exception as exc:
+            if started:
+                log.exception("application shutdown failed")
+                return
+            log.error("Application startup failed: %s", exc, exc_info=exc)
+            self.startup_failed = True
+            self.should_exit = True
+
+
 def run(app: Any, settings: Settings) -> None:
     fd_limit = raise_fd_limit()
     log.info(
@@ -166,14 +215,19 @@ def run(app: Any, settings: Settings) -> None:
         settings.max_connections,
         max(16, fd_limit - FD_RESERVE),
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         http=make_protocol(settings, fd_limit),
+        lifespan="off",  # LiveAtOnceServer runs it beside the server
         log_level=settings.log_level,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         access_log=False,  # service.access logs each request with its id and model
         log_config=None,  # keep the handler configured by the caller (JSON or text)
     )
+    server = LiveAtOnceServer(config, app)
+    server.run()
+    if server.startup_failed:
+        sys.exit(3)

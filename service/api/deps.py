@@ -18,6 +18,7 @@ from service.context import RequestContext
 from service.core import Core
 from service.errors import (
     BadRequestError,
+    NotReadyError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -36,7 +37,10 @@ def settings_of(request: Request) -> Settings:
 
 
 def core_of(request: Request) -> Core:
-    return request.app.state.core  # type: ignore[no-any-return]
+    core: Core | None = getattr(request.app.state, "core", None)
+    if core is None:  # the port opens before start-up has built the core
+        raise NotReadyError("the server is starting up: models are loading")
+    return core
 
 
 def caller_of(request: Request) -> Caller:

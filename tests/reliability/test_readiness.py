@@ -4,6 +4,7 @@ during shutdown; /v1/models says which model and why."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,14 +14,48 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.api.conftest import b64, png, solid
 from tests.reliability.models import slow_classifier
-from tests.support.server import running_server
+from tests.support.server import free_port, launched, running_server
 from tests.support.tiny_models import TINY_DEFAULTS, classifier
 
 
+def test_the_port_opens_at_once_live_while_the_start_up_models_warm_up(tmp_path: Path) -> None:
+    """Control mode none (the default): /health/live answers from the start, /health/ready is
+    503 naming the loading model until every model is warm, then 200 (issue 30)."""
+    classifier(tmp_path / "tiny-classifier")
+    slow_classifier(tmp_path / "slow", work=400, max_batch_size=8)  # its warm-up takes seconds
+    port = free_port()
+    env = {
+        "ORTSERVE_MODEL_REPOSITORY": str(tmp_path),
+        "ORTSERVE_HOST": "127.0.0.1",
+        "ORTSERVE_PORT": str(port),
+        "ORTSERVE_INTRA_OP_THREADS": "1",
+        "ORTSERVE_DEFAULT_CLASSIFY_MODEL": "tiny-classifier",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with launched(
+        [sys.executable, "-m", "service"], url, ready_path="/health/live", env=env
+    ) as srv:
+        seen: list[tuple[int, int]] = []
+        while not seen or seen[-1][1] != 200:
+            live = httpx.get(url + "/health/live", timeout=5).status_code
+            ready = httpx.get(url + "/health/ready", timeout=5)
+            seen.append((live, ready.status_code))
+            if ready.status_code == 503:
+                assert ready.json()["status"] == "not_ready"
+            assert srv.process.poll() is None, srv.log_tail()
+            time.sleep(0.05)
+        classified = httpx.post(
+            url + "/classify", json={"images": [b64(png(solid((255, 0, 0))))]}, timeout=10
+        )
+    assert all(live == 200 for live, _ in seen), seen
+    assert (200, 503) in seen, "never saw the server live but not ready while models warmed up"
+    assert classified.status_code == 200
+
+
 def test_ready_is_503_naming_the_loading_model_until_its_warm_up_is_done(tmp_path: Path) -> None:
-    # the start-up load happens before uvicorn listens; a load at runtime (explicit mode) is
-    # where a client can see a model warming up
+    # a load at runtime (explicit mode) shows the model itself as loading
     classifier(tmp_path / "tiny-classifier")
     with running_server(
         tmp_path,

@@ -13,36 +13,38 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from service import paths
 from service.runtime_config import RuntimeConfig
+from service.task_table import TASKS, task_spec
 
-Task = Literal["classify", "detect", "segment", "embed"]
-OutputFormat = Literal[
-    "classification-logits",  # [B, C] raw scores: the service applies softmax
-    "classification-probs",  # [B, C] probabilities already
-    "yolov8",  # Ultralytics v8/v11: [B, 4+nc, N] with cx,cy,w,h in input pixels
-    "yolov5",  # Ultralytics v5: [B, N, 5+nc] with cx,cy,w,h,objectness
-    "torchvision-detection",  # boxes [N,4] x1y1x2y2, labels [N], scores [N]; no batch dim
-    "nanodet",  # NanoDet (GFL head): [B, N, C+4·bins], sigmoid scores then side distributions
-    "semantic-logits",  # [B, C, h, w]
-    "maskrcnn",  # boxes [N,4], labels [N], scores [N], masks [N,1,H,W] pasted; no batch dim
-    "yolov8-seg",  # Ultralytics -seg: [B, 4+nc+nm, N] then prototypes [B, nm, h, w]
-    "sentence-embedding",  # [B, D] pooled inside the graph
-    "token-embeddings",  # [B, S, D]: the service pools with text.pooling
+# the known tasks, their output formats and what their configs need: service.task_table
+Dtype = Literal[
+    "float32",
+    "float16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
 ]
-TASK_FORMATS: dict[str, tuple[str, ...]] = {
-    "classify": ("classification-logits", "classification-probs"),
-    "detect": ("yolov8", "yolov5", "torchvision-detection", "nanodet"),
-    "segment": ("semantic-logits", "maskrcnn", "yolov8-seg"),
-    "embed": ("sentence-embedding", "token-embeddings"),
-}
-# formats whose decoding reads more than the first output (in this order)
-OUTPUT_COUNTS: dict[str, int] = {"torchvision-detection": 3, "maskrcnn": 4, "yolov8-seg": 2}
+CONFIG_DTYPES: tuple[str, ...] = get_args(Dtype)
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
@@ -66,7 +68,7 @@ class _Strict(BaseModel):
 
 class TensorSpec(_Strict):
     name: str = Field(description="Tensor name in the ONNX graph.", examples=["input"])
-    dtype: Literal["float32", "float16", "int64", "int32", "uint8", "bool"] = "float32"
+    dtype: Dtype = "float32"
     dims: list[int] = Field(
         description="Shape without the batch dimension; -1 marks a variable axis.",
         examples=[[3, 224, 224]],
@@ -144,11 +146,26 @@ VersionPolicy = Literal["all"] | LatestVersions | SpecificVersions
 
 class ModelConfig(_Strict):
     name: str = Field(default="", description="Defaults to the folder name.")
-    task: Task
-    format: OutputFormat
+    task: str = Field(
+        description="A task of the task table (service.task_table): classify, detect, segment, "
+        "embed or tensor (any graph over v2).",
+        examples=["classify"],
+    )
+    format: str = Field(
+        description="One of the task's output formats; optional for a task with only one.",
+        examples=["classification-logits"],
+    )
     model_file: str = "model.onnx"
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
+    inputs: list[TensorSpec] = Field(
+        default_factory=list,
+        description="Graph inputs; a task that completes its IO from the graph (tensor) may "
+        "leave them out.",
+    )
+    outputs: list[TensorSpec] = Field(
+        default_factory=list,
+        description="Graph outputs; a task that completes its IO from the graph (tensor) may "
+        "leave them out (then every output serves).",
+    )
     image: ImagePreprocessing | None = None
     text: TextPreprocessing | None = None
     labels: list[str] | str | None = Field(
@@ -168,14 +185,44 @@ class ModelConfig(_Strict):
     )
     description: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_format(cls, raw: Any) -> Any:
+        """A task with a single format (tensor) needs no ``format`` line."""
+        if isinstance(raw, dict) and "format" not in raw:
+            task = raw.get("task")
+            spec = TASKS.get(task) if isinstance(task, str) else None
+            if spec is not None and len(spec.formats) == 1:
+                return {**raw, "format": spec.formats[0]}
+        return raw
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        return task
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        if self.format not in TASK_FORMATS[self.task]:
-            raise ValueError(f"format {self.format!r} does not belong to task {self.task!r}")
-        if self.task == "embed" and self.text is None:
-            raise ValueError("task embed needs a text section")
-        if self.task != "embed" and self.image is None:
-            raise ValueError(f"task {self.task} needs an image section")
+        spec = task_spec(self.task)
+        if self.format not in spec.formats:
+            raise ValueError(
+                f"format {self.format!r} does not belong to task {self.task!r} "
+                f"(it has {', '.join(spec.formats)})"
+            )
+        for section in ("image", "text"):
+            present = getattr(self, section) is not None
+            if spec.section == section and not present:
+                raise ValueError(
+                    f"task {self.task} needs a{'n' * (section == 'image')} {section} section"
+                )
+            if present and spec.section != section:
+                raise ValueError(f"task {self.task} takes no {section} section")
+        if not spec.graph_io:
+            for field_name in ("inputs", "outputs"):
+                if not getattr(self, field_name):
+                    raise ValueError(f"{field_name}: task {self.task} needs at least one")
         if (
             self.image is not None
             and self.image.resize == "fit"
@@ -188,8 +235,8 @@ class ModelConfig(_Strict):
                 f"batching.max_batch_size {self.batching.max_batch_size} must be 0 (no batch "
                 "axis) or 1, or use resize letterbox"
             )
-        wanted = OUTPUT_COUNTS.get(self.format, 1)
-        if len(self.outputs) < wanted:
+        wanted = spec.outputs_needed(self.format)
+        if self.outputs and len(self.outputs) < wanted:
             raise ValueError(
                 f"format {self.format!r} needs {wanted} outputs, config lists {len(self.outputs)}"
             )

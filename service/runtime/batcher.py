@@ -207,6 +207,15 @@ class DynamicBatcher(Generic[In, Out]):
         head = self._queue.oldest() if self._queue is not None else None
         return asyncio.get_running_loop().time() - head.enqueued if head is not None else 0.0
 
+    def admit(self, items: int) -> None:
+        """Refuse (429) a request whose ``items`` would not all fit in the queue now, before
+        any of its work is done: decoding and tokenizing cost more than the refusal."""
+        if self._queue is not None and self._queue.qsize() + items > self.max_queue_size:
+            self.stats.rejected_overloaded += 1
+            raise OverloadedError(
+                f"model {self.name!r} queue is full ({self.max_queue_size} requests); retry later"
+            )
+
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing running: a request now would run alone."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -26,9 +26,10 @@ from service.runtime.session import (
     cores_per_session,
     runtime_providers,
 )
-from service.runtime.validate import validate_against_graph, warmup_feeds
+from service.runtime.validate import complete_from_graph, validate_against_graph, warmup_feeds
 from service.runtime_config import CpuProvider, OpenVINOProvider, RuntimeConfig
 from service.settings import Settings
+from service.task_table import task_spec
 from service.tasks.base import Feeds, Outputs
 from service.tasks.factory import Processor, processor_for
 
@@ -84,6 +85,31 @@ class LoadedModel:
         if not isinstance(self.processor, kind):
             raise BadRequestError(f"model {self.name!r} cannot serve this request")
         return self.processor
+
+
+Runner = Callable[[list[Feeds]], list[Outputs]]
+
+
+class ShapeGroups:
+    """A batch of rows that nothing pads (``TaskSpec.group_by_shape``) as one run per distinct
+    set of input shapes, so rows of different requests with different variable axes are never
+    stacked together; the outputs come back in the rows' order."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def __call__(self, items: list[Feeds]) -> list[Outputs]:
+        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+        for index, item in enumerate(items):
+            key = tuple((name, value.shape) for name, value in item.items())
+            groups.setdefault(key, []).append(index)
+        if len(groups) == 1:
+            return self._runner(items)
+        results: list[Outputs] = [{} for _ in items]
+        for group in groups.values():
+            for index, out in zip(group, self._runner([items[i] for i in group]), strict=True):
+                results[index] = out
+        return results
 
 
 def open_session(
@@ -148,23 +174,31 @@ def build_model(
     model_path = inside(folder, config.model_file, model=name, field="model_file")
     if not model_path.is_file():
         raise ConfigError(f"model {name!r}: model_file {config.model_file!r} not found")
-    check_load(config, model_path, settings)
-    sessions = [
+    spec = task_spec(config.task)
+    check_load(config, model_path, settings)  # a graph_io config is checked again, completed
+    session = open_session(model_path, config, settings, providers)
+    if spec.graph_io:
+        stated = config
+        config = complete_from_graph(config, session)
+        check_load(config, model_path, settings)
+        if config.runtime is not None and config.inputs != stated.inputs:
+            # the providers' options (TensorRT's profiles) are built from the inputs
+            session = open_session(model_path, config, settings, providers)
+    sessions = [session] + [
         open_session(model_path, config, settings, providers)
-        for _ in range(config.batching.instances)
+        for _ in range(config.batching.instances - 1)
     ]
-    session = sessions[0]
     validate_against_graph(config, list(labels), session)
     processor = processor_for(folder, config, labels, max_image_pixels=settings.max_image_pixels)
-    runners = [
-        BatchRunner(
+    runners: list[Runner] = []
+    for each in sessions:
+        plain = BatchRunner(
             each.run,
             batched=config.batched,
             collate=processor.collate,
             bucket_by=processor.bucket_by,
         )
-        for each in sessions
-    ]
+        runners.append(ShapeGroups(plain) if spec.group_by_shape and config.batched else plain)
     # warm-up at the largest batch the batcher will form, so the first request is not slow;
     # one item first, so that a graph that cannot run at all fails before the big batch is built
     feeds = warmup_feeds(config)

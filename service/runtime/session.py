@@ -49,8 +49,12 @@ ORT_DTYPES: dict[str, str] = {
     "tensor(double)": "float64",
     "tensor(int64)": "int64",
     "tensor(int32)": "int32",
-    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
     "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }
 

@@ -2,21 +2,90 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
-from service.model_config import ConfigError, ModelConfig, TensorSpec
+from service.model_config import CONFIG_DTYPES, ConfigError, Dtype, ModelConfig, TensorSpec
 from service.runtime.session import IOSpec, OrtSession
 from service.tasks.base import Feeds
 from service.tasks.detection import NANODET_STRIDES, nanodet_centers
 
-_NP_DTYPES = {
+_NP_DTYPES: dict[str, type[np.generic]] = {
     "float32": np.float32,
     "float16": np.float16,
+    "float64": np.float64,
     "int64": np.int64,
     "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
     "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
     "bool": np.bool_,
 }
+DEFAULT_GRAPH_BATCH = 8  # max_batch_size of a graph-completed config whose graph has a batch axis
+
+
+def _has_batch_axis(spec: IOSpec) -> bool:
+    """A first axis that is not fixed (symbolic, unknown or -1): the graph takes any batch."""
+    return bool(spec.shape) and spec.dims()[0] == -1
+
+
+def _spec_from_graph(model: str, kind: str, graph: IOSpec, batched: bool) -> TensorSpec:
+    if graph.dtype not in CONFIG_DTYPES:
+        raise ConfigError(
+            f"model {model!r}: {kind}s: {graph.name!r} is {graph.dtype} in the graph, which "
+            f"the server cannot serve (it serves {', '.join(CONFIG_DTYPES)})"
+        )
+    dims = graph.dims()
+    dtype = cast(Dtype, graph.dtype)  # one of CONFIG_DTYPES (checked above)
+    return TensorSpec(name=graph.name, dtype=dtype, dims=dims[1:] if batched else dims)
+
+
+def _narrowed(spec: TensorSpec, graph: list[IOSpec], batched: bool) -> TensorSpec:
+    """A stated tensor whose variable axes (-1) the graph fixes, at the graph's sizes (so the
+    warm-up and the request checks use them); anything else as stated, for the graph check."""
+    match = next((t for t in graph if t.name == spec.name), None)
+    if match is None:
+        return spec
+    dims = match.dims()[1:] if batched else match.dims()
+    if len(dims) != len(spec.dims):
+        return spec
+    narrowed = [have if want == -1 else want for want, have in zip(spec.dims, dims, strict=True)]
+    return spec if narrowed == spec.dims else spec.model_copy(update={"dims": narrowed})
+
+
+def complete_from_graph(config: ModelConfig, session: OrtSession) -> ModelConfig:
+    """Triton's auto-complete for a task whose entry says ``graph_io`` (tensor): the inputs,
+    outputs and batch axis the config leaves out, from the graph. The graph is batched when the
+    first axis of every input and output is variable; then ``batching.max_batch_size`` defaults
+    to ``DEFAULT_GRAPH_BATCH``, else to 0. What the config does state is kept, for
+    ``validate_against_graph`` to check against the graph."""
+    name = config.name
+    graph = [*session.inputs, *session.outputs]
+    batching = config.batching
+    axis = all(_has_batch_axis(t) for t in graph)
+    if "max_batch_size" not in batching.model_fields_set:
+        batching = batching.model_copy(
+            update={"max_batch_size": DEFAULT_GRAPH_BATCH if axis else 0}
+        )
+    elif batching.max_batch_size > 0 and not axis:
+        fixed = [t.name for t in graph if not _has_batch_axis(t)]
+        raise ConfigError(
+            f"model {name!r}: field batching.max_batch_size: {batching.max_batch_size} > 0 but "
+            f"the graph has no batch axis (a variable first axis on every input and output; "
+            f"not on {fixed}); leave it out or set it to 0"
+        )
+    batched = batching.max_batch_size > 0
+    inputs = [_narrowed(s, session.inputs, batched) for s in config.inputs] or [
+        _spec_from_graph(name, "input", t, batched) for t in session.inputs
+    ]
+    outputs = [_narrowed(s, session.outputs, batched) for s in config.outputs] or [
+        _spec_from_graph(name, "output", t, batched) for t in session.outputs
+    ]
+    return config.model_copy(update={"inputs": inputs, "outputs": outputs, "batching": batching})
 
 
 def _check_tensor(model: str, kind: str, spec: TensorSpec, graph: IOSpec, batched: bool) -> None:
@@ -26,7 +95,10 @@ def _check_tensor(model: str, kind: str, spec: TensorSpec, graph: IOSpec, batche
     dims = graph.dims()
     if batched:
         if not dims:
-            raise ConfigError(f"{where}: the graph tensor has no batch axis but max_batch_size > 0")
+            raise ConfigError(
+                f"{where}: the graph tensor has no batch axis but max_batch_size > 0 "
+                "(field batching.max_batch_size)"
+            )
         dims = dims[1:]
     if len(dims) != len(spec.dims):
         raise ConfigError(
@@ -140,8 +212,9 @@ def warmup_shapes(
             shape = [3, config.image.height, config.image.width]
             if config.image.resize == "fit":
                 shape = [3, min(config.image.height, 256), min(config.image.width, 256)]
-        else:
-            shape = [d if d != -1 else text_length for d in spec.dims]
+        else:  # text: variable axes are tokens; a plain graph's (tensor) are 1
+            variable = text_length if config.text is not None else 1
+            shape = [d if d != -1 else variable for d in spec.dims]
         shapes[spec.name] = (shape, spec.dtype)
     return shapes
 

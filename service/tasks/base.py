@@ -1,6 +1,7 @@
 """The TaskProcessor contract: what a model's task code does around the ONNX Runtime run.
 
-One processor per loaded model, built by ``service.tasks.factory.processor_for``::
+One processor per loaded model, built by ``service.tasks.factory.processor_for`` with the builder
+its task's entry of ``service.task_table`` names::
 
     prepare(raw) -> (feeds, meta)           decode / tokenize one input     (worker pool)
     collate([feeds, ...]) -> feeds          one batch tensor per input      (model thread)
@@ -14,7 +15,7 @@ immutable and thread-safe: the same one serves every request of its model concur
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -59,6 +60,27 @@ def length_buckets(
     if current:
         groups.append(current)
     return groups
+
+
+def same_shapes(items: Sequence[Feeds]) -> bool:
+    """Whether every item's arrays have the first item's shapes (so they stack)."""
+    first = {name: value.shape for name, value in items[0].items()}
+    return all({name: value.shape for name, value in item.items()} == first for item in items)
+
+
+class BatchProcessor(Protocol):
+    """Any task's processor, as the factory returns it: what the runtime needs to batch its
+    items, with the task-specific ends untyped; front ends narrow it to the concrete processor
+    they call (``LoadedModel.processor_as``)."""
+
+    @property
+    def bucket_by(self) -> str | None: ...
+
+    def prepare(self, raw: Any) -> tuple[Feeds, Any]: ...
+
+    def collate(self, items: Sequence[Feeds]) -> Feeds: ...
+
+    def finish(self, outputs: Outputs, meta: Any, params: Any) -> Any: ...
 
 
 RawT = TypeVar("RawT", contravariant=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from service.model_config import ModelConfig
 from service.tasks.base import Outputs
-from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
+from service.tasks.imaging import Geometry, ImageProcessor, ImageTask, image_processor
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,15 @@ class ClassifyProcessor(ImageTask):
     def finish(self, outputs: Outputs, meta: Geometry, params: ClassifyParams) -> Classification:
         scores = outputs[self.output_name].reshape(-1)
         return Classification(tuple(top_k(scores, params.top_k, self.labels, logits=self.logits)))
+
+
+def build(
+    folder: Path, config: ModelConfig, labels: Sequence[str], *, max_image_pixels: int
+) -> ClassifyProcessor:
+    """The task table's builder for ``classify``."""
+    return ClassifyProcessor(
+        image_processor(config, max_pixels=max_image_pixels),
+        config.outputs[0].name,
+        labels,
+        logits=config.format == "classification-logits",
+    )

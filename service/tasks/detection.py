@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from service.errors import BadRequestError
+from service.model_config import ModelConfig
 from service.tasks.base import Outputs
 from service.tasks.classification import label_for
-from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
+from service.tasks.imaging import Geometry, ImageProcessor, ImageTask, image_processor
 
 
 @dataclass(frozen=True)
@@ -336,3 +338,11 @@ class DetectProcessor(ImageTask):
         det = self.decode(outputs, meta, params)
         names = tuple(label_for(self.labels, int(c)) for c in det.class_ids.tolist())
         return ImageDetections(meta.orig_w, meta.orig_h, det, names)
+
+
+def build(
+    folder: Path, config: ModelConfig, labels: Sequence[str], *, max_image_pixels: int
+) -> DetectProcessor:
+    """The task table's builder for ``detect``."""
+    image = image_processor(config, max_pixels=max_image_pixels)
+    return DetectProcessor(image, config.format, [o.name for o in config.outputs], labels)

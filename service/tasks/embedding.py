@@ -11,7 +11,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from service.errors import ParamError, ValidationFailedError
-from service.model_config import ModelConfig
+from service.model_config import ConfigError, ModelConfig, inside
 from service.tasks.base import Feeds, Outputs
 
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
@@ -159,3 +159,28 @@ class EmbedProcessor:
                 )
             vector = vector[: params.dimensions]
         return Embedding(l2_normalise(vector) if params.normalize else vector)
+
+
+def build(
+    folder: Path, config: ModelConfig, labels: Sequence[str], *, max_image_pixels: int
+) -> EmbedProcessor:
+    """The task table's builder for ``embed``. A missing or unreadable tokenizer is a
+    ``ConfigError`` naming the model and the field."""
+    if config.text is None:  # ModelConfig's own validator makes this unreachable
+        raise ConfigError(f"model {config.name!r}: task {config.task} needs a text section")
+    tokenizer = inside(folder, config.text.tokenizer, model=config.name, field="text.tokenizer")
+    if not tokenizer.is_file():
+        raise ConfigError(
+            f"model {config.name!r}: text.tokenizer {config.text.tokenizer!r} not found"
+        )
+    try:
+        encoder = TextEncoder.for_model(folder, config)
+    except Exception as exc:  # tokenizers raises plain Exception on a bad file
+        raise ConfigError(f"model {config.name!r}: text.tokenizer cannot be loaded: {exc}") from exc
+    return EmbedProcessor(
+        encoder,
+        config.outputs[0].name,
+        token_level=config.format == "token-embeddings",
+        pooling=config.text.pooling,
+        pad_token_id=config.text.pad_token_id,
+    )

@@ -20,7 +20,7 @@ import PIL.WebPImagePlugin  # noqa: F401
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImageError, PayloadTooLargeError
-from service.model_config import ImagePreprocessing
+from service.model_config import ConfigError, ImagePreprocessing, ModelConfig
 from service.tasks.base import Feeds, stack_feeds
 
 # We enforce our own pixel limit before decoding; Pillow's global bomb check would only warn or
@@ -277,6 +277,13 @@ class ImageProcessor:
         """An image already decoded (a pipeline's picture, or a crop of it)."""
         tensor, geo = input_tensor(decoded, self.spec)
         return {self.input_name: tensor}, geo
+
+
+def image_processor(config: ModelConfig, *, max_pixels: int) -> ImageProcessor:
+    """The image side of a vision model's processor, from its config (the task builders')."""
+    if config.image is None:  # ModelConfig's own validator makes this unreachable
+        raise ConfigError(f"model {config.name!r}: task {config.task} needs an image section")
+    return ImageProcessor(config.image, config.inputs[0].name, max_pixels=max_pixels)
 
 
 class ImageTask:

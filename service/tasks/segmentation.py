@@ -7,15 +7,17 @@ import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from service.model_config import ModelConfig
 from service.tasks.base import Outputs
 from service.tasks.classification import label_for
 from service.tasks.detection import DetectParams, select_yolov8, to_original
-from service.tasks.imaging import Geometry, ImageProcessor, ImageTask
+from service.tasks.imaging import Geometry, ImageProcessor, ImageTask, image_processor
 
 # png / rle: the semantic mask as the response carries it; map: the class map itself, for
 # drawing (no PNG or RLE round trip)
@@ -378,3 +380,11 @@ class SegmentProcessor(ImageTask):
             )
         output, protos = (outputs[n] for n in self.output_names[:2])
         return instances_from_yolo_seg(output, protos, geo, params.confidence, params.iou)
+
+
+def build(
+    folder: Path, config: ModelConfig, labels: Sequence[str], *, max_image_pixels: int
+) -> SegmentProcessor:
+    """The task table's builder for ``segment``."""
+    image = image_processor(config, max_pixels=max_image_pixels)
+    return SegmentProcessor(image, config.format, [o.name for o in config.outputs], labels)

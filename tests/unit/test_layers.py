@@ -100,6 +100,7 @@ def test_no_module_imports_itself_through_others(package: str) -> None:
 SERVICE_LAYERS = {
     "service.tasks": {
         "service.tasks",
+        "service.task_table",  # pure data: the processor builders are named, not imported
         "service.model_config",
         "service.runtime_config",
         "service.paths",
@@ -108,6 +109,7 @@ SERVICE_LAYERS = {
     "service.runtime": {
         "service.runtime",
         "service.tasks",
+        "service.task_table",
         "service.model_config",
         "service.runtime_config",
         "service.paths",
@@ -128,9 +130,12 @@ SERVICE_LAYERS = {
         "service.runtime",
         "service.schemas",
         "service.settings",
+        "service.task_table",
         "service.tasks",
         "service.tracing",
     },
+    # the task table is the bottom: model_config, settings and everything above read it
+    "service.task_table": {"service.task_table"},
 }
 
 

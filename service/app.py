@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.request_timeout_s,
+        max_bodies_bytes=settings.max_bodies_bytes,
     )
     app.add_middleware(ConnectionLimitMiddleware, max_connections=settings.max_connections)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

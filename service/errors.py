@@ -120,6 +120,18 @@ class InferenceFailedError(ServiceError):
     grpc_code = "INTERNAL"
 
 
+class BusyError(ServiceError):
+    """The server as a whole, not one model, is at a limit (the request bodies it holds)."""
+
+    status_code = 503
+    error_type = "server_busy"
+    grpc_code = "UNAVAILABLE"
+    openai_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class NotReadyError(ServiceError):
     status_code = 503
     error_type = "not_ready"

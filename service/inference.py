@@ -176,6 +176,7 @@ class Inference:
         ctx: RequestContext,
     ) -> list[ResultT]:
         """Each raw input: prepare → batcher → finish; results in input order."""
+        model.batcher.admit(len(raws))  # a 429 now, not after decoding every input
         if len(raws) == 1 and processor.runs_alone(raws[0]) and model.batcher.idle:
             raw = raws[0]
             traced = tracing.current()  # the job runs on the model thread: spans need a parent
@@ -232,6 +233,7 @@ class Inference:
         truncate: bool,
     ) -> Embedded:
         processor = model.processor_as(EmbedProcessor)
+        model.batcher.admit(len(texts))  # a 429 before tokenizing, not after
         with tracing.span("tokenize", {"ortserve.texts": len(texts)}):
             if processor.prepare_inline(texts):
                 encoded = processor.encode(texts, truncate=truncate)
@@ -275,6 +277,9 @@ class Inference:
             classifier = await self._hold(held, name, per_crop.step, per_crop.model, per_crop.task)
             det_processor = detector.processor_as(DetectProcessor)
             cls_processor = classifier.processor_as(ClassifyProcessor)
+            # both stages' queues before any decoding: a full classifier would otherwise refuse
+            # this request only after its detection ran
+            classifier.batcher.admit(1)
             classes = options.classes_within(detect.classes)
             confidence = detect.confidence if options.confidence is None else options.confidence
 

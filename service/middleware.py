@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
     INTERNAL_MESSAGE,
+    BusyError,
     ClientDisconnectedError,
     PayloadTooLargeError,
     RequestTimeoutError,
@@ -139,10 +140,19 @@ class BodyLimitMiddleware:
     arriving ``body_timeout_s`` after the request's first byte; 499 for a client that leaves
     while sending it (Starlette would raise ``ClientDisconnect``, an unexpected error)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_bodies_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # every request's body bytes held at once, across connections (None: no budget)
+        self.max_bodies_bytes = max_bodies_bytes
+        self.held = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,6 +167,11 @@ class BodyLimitMiddleware:
                     declared = -1
                 if declared > limit:
                     await self._reject(scope, send)
+                    return
+                if self._over_budget(max(declared, 0)):
+                    await send_error(
+                        scope, send, 503, self._busy(), "server_busy", [(b"retry-after", b"1")]
+                    )
                     return
         received = 0
         deadline = first_byte_time(scope) + self.body_timeout_s
@@ -179,7 +194,11 @@ class BodyLimitMiddleware:
                 raise ClientDisconnectedError("the client closed the connection mid-body")
             if message["type"] == "http.request":
                 body_done = not message.get("more_body", False)
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                if self._over_budget(size):
+                    raise BusyError(self._busy(), retry_after_s=1)
+                received += size
+                self.held += size
                 if received > limit:
                     # a ServiceError: the app's handler turns it into the usual 413 body;
                     # "close" makes uvicorn drop the connection after it instead of reading
@@ -187,7 +206,19 @@ class BodyLimitMiddleware:
                     raise PayloadTooLargeError(self._message(), headers={"Connection": "close"})
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.held -= received  # the request is over: its body is no longer held
+
+    def _over_budget(self, size: int) -> bool:
+        return self.max_bodies_bytes is not None and self.held + size > self.max_bodies_bytes
+
+    def _busy(self) -> str:
+        return (
+            f"the server holds {self.max_bodies_bytes} bytes of request bodies "
+            "(ORTSERVE_MAX_BODIES_BYTES); retry shortly"
+        )
 
     def _message(self) -> str:
         return (

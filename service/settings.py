@@ -10,11 +10,17 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.task_table import task_spec
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _table_default(task: str) -> str:
+    return task_spec(task).default_model or ""
 
 
 class Settings(BaseSettings):
@@ -60,6 +66,15 @@ class Settings(BaseSettings):
     )
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the gRPC front end (Open Inference Protocol v2, health, reflection) on "
+            "the same host; 0 turns it off."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one object per line."
@@ -84,6 +99,14 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_bodies_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Request bodies held in memory at once, over every connection: past it a request "
+            "gets 503 with Retry-After before its body is read."
+        ),
+    )
     max_images_per_request: int = Field(default=32, gt=0)
     max_texts_per_request: int = Field(default=256, gt=0)
     max_text_chars: int = Field(default=100_000, gt=0)
@@ -146,10 +169,12 @@ class Settings(BaseSettings):
         ),
     )
 
-    default_classify_model: str = "mobilenet_v2"
-    default_detect_model: str = "nanodet-coco"
-    default_segment_model: str = "shapes-unet"
-    default_embed_model: str = "all-MiniLM-L6-v2"
+    # the typed routes' default models (the task table's, overridable here); a task added to
+    # the table later serves its table default until it gets a field of its own
+    default_classify_model: str = _table_default("classify")
+    default_detect_model: str = _table_default("detect")
+    default_segment_model: str = _table_default("segment")
+    default_embed_model: str = _table_default("embed")
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated bearer tokens; empty = no auth."
@@ -206,7 +231,13 @@ class Settings(BaseSettings):
         return self.cache_root or self.model_repository / ".cache"
 
     def default_model(self, task: str) -> str:
-        return str(getattr(self, f"default_{task}_model"))
+        """The model ``task``'s typed route serves when a request names none: its
+        ``default_<task>_model`` setting where it has one, else the task table's default."""
+        fallback = task_spec(task).default_model
+        if fallback is None:
+            raise ValueError(f"task {task!r} has no typed route, so no default model")
+        configured = getattr(self, f"default_{task}_model", None)
+        return configured if isinstance(configured, str) else fallback
 
 
 class OtelSettings(BaseSettings):

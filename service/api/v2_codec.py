@@ -235,6 +235,11 @@ def decode_request(
         if len(shapes) != 1:
             raise BadRequestError(f"text inputs must all have the same shape, got {sorted(shapes)}")
         seq_len = int(next(iter(shapes))[-1])
+        if seq_len > config.text.max_length:
+            raise PayloadTooLargeError(
+                f"the token sequences are {seq_len} long; model {config.name!r} takes at most "
+                f"{config.text.max_length} (its text.max_length)"
+            )
         for name, arr in feeds.items():
             top = vocab_size if name == "input_ids" and vocab_size else None
             if arr.dtype.kind in "iu" and (arr.min() < 0 or (top is not None and arr.max() >= top)):

@@ -41,6 +41,7 @@ from service.runtime.registry import (
 from service.schemas.common import ModelInfo, ModelList
 from service.schemas.v2 import ModelMetadata, RepositoryModel, ServerMetadata
 from service.settings import Settings
+from service.task_table import typed_tasks
 from service.tasks.base import Feeds, Outputs, TaskProcessor
 from service.tasks.embedding import EmbedParams
 from service.tasks.pipeline import PipelineOptions
@@ -52,7 +53,6 @@ ResultT = TypeVar("ResultT")
 DecodedT = TypeVar("DecodedT")
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
-TYPED_TASKS = ("classify", "detect", "segment", "embed")
 _NAME = re.compile(MODEL_NAME_PATTERN)
 
 
@@ -182,7 +182,7 @@ class Core:
         default for."""
         registry = self.registry
         defaults: dict[str, list[str]] = {}
-        for task in TYPED_TASKS:
+        for task in typed_tasks():
             try:
                 defaults.setdefault(registry.default_for(task), []).append(task)
             except (ModelNotFoundError, NotReadyError):  # a task without any model
@@ -259,6 +259,7 @@ class Core:
         self.entry(ctx, name)
         inference = self.inference
         async with inference.lease(name, None, parse_version(name, version), ctx) as model:
+            model.batcher.admit(1)  # a full queue refuses before decoding
             decoded = decode(model) if inline else await inference.in_pool(decode, model)
             outputs = await inference.tensors(model, items(decoded), ctx)
         return decoded, Inferred(model, outputs)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import b64, png, solid
+from tests.reliability.models import slow_classifier
 from tests.support import tiny_models
 from tests.support.server import Server, running_server
 
@@ -180,3 +183,83 @@ def test_with_an_admin_key_set_management_needs_it_from_anywhere(keyed: Server) 
             assert admin.post(load).status_code == 200
             # the admin key is for management: it does not stand in for an inference key
             assert admin.post(f"{keyed.url}/classify", json=image).status_code == 401
+
+
+# -- work a request can buy: refused before it is spent ------------------------------------------
+@pytest.fixture(scope="module")
+def budgeted(layout: tuple[Path, Path]) -> Iterator[Server]:
+    repo, _ = layout
+    with running_server(
+        repo,
+        model_control="explicit",
+        startup_models="clf,emb",
+        max_bodies_bytes=str(300_000),
+        default_classify_model="clf",
+        default_embed_model="emb",
+    ) as srv:
+        yield srv
+
+
+def test_bodies_past_the_server_s_memory_budget_get_503_with_retry_after(budgeted: Server) -> None:
+    big = b"{" + b" " * 400_000 + b"}"  # one body over the whole budget: refused unread
+    got = httpx.post(
+        f"{budgeted.url}/classify",
+        content=big,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert got.status_code == 503, got.text
+    assert got.json()["error_type"] == "server_busy"
+    assert "ORTSERVE_MAX_BODIES_BYTES" in got.json()["error"]
+    assert got.headers["retry-after"] == "1"
+    # bodies under the budget are served, and the budget is given back after each request
+    image = {"images": [b64(png(solid((255, 0, 0))))]}
+    for _ in range(3):
+        assert httpx.post(f"{budgeted.url}/classify", json=image, timeout=10).status_code == 200
+
+
+def test_v2_token_sequences_longer_than_the_model_takes_are_a_413_naming_the_limit(
+    server: Server,
+) -> None:
+    length = 17  # the tiny embedder's text.max_length is 16
+    ids = {"name": "input_ids", "shape": [1, length], "datatype": "INT64", "data": [1] * length}
+    mask = {**ids, "name": "attention_mask"}
+    got = httpx.post(f"{server.url}/v2/models/emb/infer", json={"inputs": [ids, mask]}, timeout=10)
+    assert got.status_code == 413, got.text
+    assert got.json()["error_type"] == "payload_too_large"
+    assert "text.max_length" in got.json()["error"] and "16" in got.json()["error"]
+    ok = {**ids, "shape": [1, 16], "data": [1] * 16}
+    answer = httpx.post(
+        f"{server.url}/v2/models/emb/infer",
+        json={"inputs": [ok, {**ok, "name": "attention_mask"}]},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_full_queue_refuses_before_the_images_are_decoded(
+    server: Server, layout: tuple[Path, Path]
+) -> None:
+    """Admission comes first: with the model's queue full, even an image that could not be
+    decoded gets 429, not the 400 that decoding it would give."""
+    repo, _ = layout
+    slow_classifier(repo / "slow", work=120, max_batch_size=1, max_queue_size=2)
+    assert httpx.post(f"{server.url}/v2/repository/models/slow/load", timeout=120).is_success
+    image = {"images": [b64(png(solid((255, 255, 255))))], "model": "slow"}
+    with ThreadPoolExecutor(4) as pool:
+        busy = [
+            pool.submit(httpx.post, f"{server.url}/classify", json=image, timeout=60)
+            for _ in range(4)
+        ]
+        time.sleep(0.3)
+        refused = httpx.post(
+            f"{server.url}/classify",
+            json={"images": [b64(b"not an image at all")], "model": "slow"},
+            timeout=30,
+        )
+        statuses = sorted(f.result().status_code for f in busy)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error_type"] == "overloaded"
+    assert refused.headers["retry-after"]
+    # the requests that filled the queue: served, or refused at admission; never failed
+    assert set(statuses) <= {200, 429} and 200 in statuses, statuses

@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ from service.errors import (
     ValidationFailedError,
 )
 from service.runtime.model import LoadedModel
-from service.runtime.registry import ModelRegistry
+from service.runtime.registry import Lease, ModelRegistry
 from service.settings import Settings
 from service.tasks.base import Feeds, Outputs, TaskProcessor
 from service.tasks.classification import Classification, ClassifyParams, ClassifyProcessor
@@ -116,17 +116,16 @@ class Inference:
         self.pool = pool
         self.settings = settings
 
-    @contextlib.asynccontextmanager
-    async def lease(
+    def lease(
         self, name: str | None, task: str | None, version: int | None, ctx: RequestContext
-    ) -> AsyncIterator[LoadedModel]:
+    ) -> Lease:
         """The model to run on (the task's default when ``name`` is None), held until the
         block ends so that a reload or unload meanwhile lets this request finish on it."""
-        async with self.registry.lease(name, task, version) as model:
-            ctx.model_version = model.version
-            if ctx.on_model is not None:
-                ctx.on_model(model.name)
-            yield model
+        lease = self.registry.lease(name, task, version)
+        ctx.model_version = lease.model.version
+        if ctx.on_model is not None:
+            ctx.on_model(lease.model.name)
+        return lease
 
     async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -417,6 +416,8 @@ class Inference:
         self, model: LoadedModel, items: Sequence[Feeds], ctx: RequestContext
     ) -> list[Outputs]:
         """Raw tensors (Open Inference Protocol): each item straight to the batcher."""
+        if len(items) == 1:  # one row: no tasks to gather
+            return [await self.submit(model, items[0], ctx)]
         return await gather_or_cancel([self.submit(model, item, ctx) for item in items])
 
 

@@ -100,6 +100,11 @@ class BatcherStats:
 BatchObserver = Callable[[int, float, float], None]  # batch size, mean queue s, inference s
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _join(executors: Sequence[ThreadPoolExecutor]) -> None:
     """Block until each executor's threads have ended (they were already told to shut down)."""
     for executor in executors:
@@ -157,6 +162,10 @@ class DynamicBatcher(Generic[In, Out]):
         self._collector: asyncio.Task[None] | None = None
         self._accepting = False
         self._last_batch_size = 1
+        # a collector waiting for more items: woken once the queue holds ``_wanted`` (or by its
+        # timer), not by every arrival, which cost a wait_for (a task and a timer) per item
+        self._arrival: asyncio.Future[None] | None = None
+        self._wanted = 0
         self._active = 0  # batches taken off the queue, or lone runs, not finished yet
         self.stats = BatcherStats()
         self.error: str | None = None  # set if the collector died: the model is then unhealthy
@@ -277,6 +286,9 @@ class DynamicBatcher(Generic[In, Out]):
             raise OverloadedError(
                 f"model {self.name!r} queue is full ({self.max_queue_size} requests); retry later"
             ) from None
+        arrival = self._arrival
+        if arrival is not None and self._queue.qsize() >= self._wanted and not arrival.done():
+            arrival.set_result(None)
         # a timer on the loop is much cheaper than asyncio.wait_for (no extra task per item)
         timer = loop.call_at(deadline, self._expire, item)
         try:
@@ -386,7 +398,18 @@ class DynamicBatcher(Generic[In, Out]):
             future.exception()  # retrieved: a run that outlived its deadline logs nothing more
 
     # -- collector -------------------------------------------------------------------------
+    def _fresh(self, item: _Item[In, Out], now: float) -> bool:
+        """The common case without a coroutine: pending, in time and queued too briefly for a
+        disconnect check (``_alive`` does the rest)."""
+        return (
+            not item.future.done()
+            and item.deadline > now
+            and (item.is_disconnected is None or now - item.enqueued <= _DISCONNECT_CHECK_AFTER_S)
+        )
+
     async def _alive(self, item: _Item[In, Out], now: float) -> bool:
+        if self._fresh(item, now):
+            return True
         if item.future.done():  # cancelled: deadline or client went away
             return False
         if item.deadline <= now:
@@ -451,17 +474,26 @@ class DynamicBatcher(Generic[In, Out]):
                 remaining = wait_until - loop.time()
                 if remaining <= 0:
                     break
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout=remaining)
-                except asyncio.TimeoutError:
-                    break
-            else:
-                item = queue.get_nowait()
-            if await self._alive(item, loop.time()):
+                await self._more(self.max_batch_size - len(batch), remaining, loop)
+                continue
+            item = queue.get_nowait()
+            now = loop.time()
+            if self._fresh(item, now) or await self._alive(item, now):
                 batch.append(item)
             else:
                 queue.task_done()
         return batch
+
+    async def _more(self, wanted: int, timeout_s: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until the queue holds ``wanted`` items or ``timeout_s`` has passed."""
+        arrival: asyncio.Future[None] = loop.create_future()
+        self._arrival, self._wanted = arrival, wanted
+        timer = loop.call_later(timeout_s, _settle, arrival)
+        try:
+            await arrival
+        finally:
+            timer.cancel()
+            self._arrival = None
 
     async def _run_on(
         self,

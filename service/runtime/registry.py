@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -132,11 +132,12 @@ class ModelEntry:
 
     @property
     def ready(self) -> bool:
-        return (
-            self.status == "ready"
-            and bool(self.serving)
-            and all(m.ready for m in self.serving.values())
-        )
+        if self.status != "ready" or not self.serving:
+            return False
+        for model in self.serving.values():  # per request: no generator
+            if not model.ready:
+                return False
+        return True
 
     def version(self, version: int | None) -> LoadedModel:
         if version is None:
@@ -151,6 +152,23 @@ class ModelEntry:
                 f"it serves {sorted(self.serving)}"
             )
         return model
+
+
+class Lease:
+    """A model held by one request (``async with registry.lease(...) as model``): a plain
+    class, as a generator-based context manager cost more than the rest of the lookup."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    async def __aenter__(self) -> LoadedModel:
+        self.model.usage.acquire()
+        return self.model
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.model.usage.release()
 
 
 def not_ready_message(entry: ModelEntry | PipelineEntry) -> str:
@@ -564,18 +582,10 @@ class ModelRegistry:
             raise NotReadyError(not_ready_message(entry))
         return entry.version(version)
 
-    @contextlib.asynccontextmanager
-    async def lease(
-        self, name: str | None, task: str | None, version: int | None = None
-    ) -> AsyncIterator[LoadedModel]:
-        """``get``, holding the model until the block ends: a reload or unload meanwhile lets
-        the request finish on the version it started with."""
-        model = self.get(name, task, version)
-        model.usage.acquire()
-        try:
-            yield model
-        finally:
-            model.usage.release()
+    def lease(self, name: str | None, task: str | None, version: int | None = None) -> Lease:
+        """``get``, holding the model for an ``async with`` block: a reload or unload meanwhile
+        lets the request finish on the version it started with."""
+        return Lease(self.get(name, task, version))
 
     def default_for(self, task: str) -> str:
         preferred = self.settings.default_model(task)

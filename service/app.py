@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,7 +25,14 @@ from service.api import openapi as openapi_docs
 from service.api.fast import FastPath
 from service.auth import Guard
 from service.core import Core
-from service.errors import INTERNAL_MESSAGE, ClientDisconnectedError, ServiceError, service_body
+from service.errors import (
+    INTERNAL_MESSAGE,
+    ClientDisconnectedError,
+    ServiceError,
+    service_body,
+    validation_details,
+    validation_summary,
+)
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import (
     BodyLimitMiddleware,
@@ -59,14 +66,6 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _validation_details(errors: Sequence[Any]) -> list[dict[str, object]]:
-    # never echo "input" or "ctx": they can hold the client's whole payload or internal objects
-    return [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in errors
-    ]
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -83,13 +82,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _validation_details(exc.errors())
-        return _error(422, _summary(details), "validation_error", details=details)
+        details = validation_details(exc.errors())
+        return _error(422, validation_summary(details), "validation_error", details=details)
 
     @app.exception_handler(ValidationError)
     async def body_validation(_: Request, exc: ValidationError) -> JSONResponse:
-        details = _validation_details(exc.errors())
-        return _error(422, _summary(details), "validation_error", details=details)
+        details = validation_details(exc.errors())
+        return _error(422, validation_summary(details), "validation_error", details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -105,14 +104,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("request %s: unexpected error", request_id_var.get(), exc_info=exc)
         return _error(500, INTERNAL_MESSAGE, "internal_error")
-
-
-def _summary(details: list[dict[str, object]]) -> str:
-    parts = []
-    for d in details[:5]:
-        loc = ".".join(str(p) for p in d["loc"] if p != "body")  # type: ignore[attr-defined]
-        parts.append(f"{loc or 'body'}: {d['msg']}")
-    return "invalid request: " + "; ".join(parts)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

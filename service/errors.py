@@ -9,6 +9,9 @@ from one ``ErrorType`` table. ``tests/unit/test_errors.py`` checks every class h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ServiceError(Exception):
     status_code: int = 500
@@ -184,6 +187,23 @@ def service_body(
     if details is not None:
         body["details"] = details
     return body
+
+
+def validation_details(errors: Sequence[Any]) -> list[dict[str, object]]:
+    """A validation error's details for the client: where and what, never ``input`` or
+    ``ctx`` (they can hold the client's whole payload or internal objects)."""
+    return [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors
+    ]
+
+
+def validation_summary(details: list[dict[str, object]]) -> str:
+    parts = []
+    for d in details[:5]:
+        loc = ".".join(str(p) for p in d["loc"] if p != "body")  # type: ignore[attr-defined]
+        parts.append(f"{loc or 'body'}: {d['msg']}")
+    return "invalid request: " + "; ".join(parts)
 
 
 def openai_type(status: int) -> str:

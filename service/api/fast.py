@@ -6,6 +6,7 @@ limit and its deadline), so every request still passes them; it answers
 
     GET  /health/live  /v2/health/live  /health/ready  /v2/health/ready
     POST /v2/models/{name}/infer  /v2/models/{name}/versions/{version}/infer
+    POST /embed                                     (JSON: what it always takes)
 
 itself, through the same core calls and the same encoders as the FastAPI routes, which stay
 for everything else and for the OpenAPI description (``/docs``, schemathesis) of these too.
@@ -18,15 +19,24 @@ import re
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import TIMEOUT_HEADER, requested_timeout_s
+from service.api.deps import TIMEOUT_HEADER, parse_json, requested_timeout_s
+from service.api.embed import answer_embed
 from service.api.v2 import HEADER_LENGTH, answer_infer, infer_headers
 from service.auth import Caller
 from service.context import RequestContext
 from service.core import Core
-from service.errors import ServiceError, service_body
+from service.errors import (
+    ServiceError,
+    UnsupportedMediaTypeError,
+    service_body,
+    validation_details,
+    validation_summary,
+)
 from service.middleware import CLIENT, ClientState, first_byte_time, request_id_var
+from service.schemas.embed import EmbedRequest
 
 log = logging.getLogger("service")
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -52,6 +62,7 @@ _LABELS = {
         "/v2/health/ready",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
+        "/embed",
     )
 }
 
@@ -75,6 +86,8 @@ class FastPath:
                 found = _INFER.match(path)
                 if found is not None:
                     return await self._infer(scope, receive, send, *found.groups())
+            elif method == "POST" and path == "/embed":
+                return await self._embed(scope, receive, send)
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -128,6 +141,32 @@ class FastPath:
         head += _timing(ctx)
         await _send(send, 200, body, head)
 
+    async def _embed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = _LABELS["/embed"]
+        core = self._core(scope)
+        if core is None:
+            return await self.app(scope, receive, send)
+        headers = _headers(scope)
+        try:
+            ctx = _context(core, scope, headers)
+            ctx.on_model = lambda model: _label(scope, model)
+            media = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media not in ("application/json", ""):
+                raise UnsupportedMediaTypeError("send an application/json body")
+            try:
+                params = EmbedRequest.model_validate(parse_json(await _body(receive)))
+            except ValidationError as exc:
+                details = validation_details(exc.errors())
+                body = service_body(
+                    validation_summary(details), "validation_error", request_id_var.get(), details
+                )
+                return await _send(send, 422, orjson.dumps(body), [_JSON])
+            answer = await answer_embed(core, ctx, params)
+        except ServiceError as exc:
+            return await _error(send, exc)
+        head = [_JSON, *_timing(ctx)]
+        await _send(send, 200, orjson.dumps(answer.model_dump()), head)
+
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -176,6 +215,9 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+_JSON = (b"content-type", b"application/json")
 
 
 async def _error(send: Send, exc: ServiceError) -> None:

@@ -134,10 +134,7 @@ class ModelEntry:
     def ready(self) -> bool:
         if self.status != "ready" or not self.serving:
             return False
-        for model in self.serving.values():  # per request: no generator
-            if not model.ready:
-                return False
-        return True
+        return all(model.ready for model in self.serving.values())
 
     def version(self, version: int | None) -> LoadedModel:
         if version is None:

@@ -75,7 +75,8 @@ ENV ORTSERVE_MODEL_REPOSITORY=/models \
     ORTSERVE_PORT=8000 \
     ORTSERVE_LOG_FORMAT=json \
     ORT_DISABLE_TELEMETRY=1
-EXPOSE 8000
+# 8000: HTTP; 8001: gRPC (ORTSERVE_GRPC_PORT's default)
+EXPOSE 8000 8001
 # No curl in the image: the health check is Python's urllib (any non-200 or error exits non-zero).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('ORTSERVE_PORT', '8000'), timeout=4)"]

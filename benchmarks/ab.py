@@ -43,6 +43,7 @@ def one_round(
         "ORTSERVE_MODEL_REPOSITORY": str(models),
         "ORTSERVE_HOST": "127.0.0.1",
         "ORTSERVE_PORT": str(port),
+        "ORTSERVE_GRPC_PORT": "0",
         "ORTSERVE_STRICT_STARTUP": "false",  # an older checkout may not know every model
         **extra,
     }

@@ -93,6 +93,7 @@ def main() -> None:
         "ORTSERVE_MODEL_REPOSITORY": str(args.models.resolve()),
         "ORTSERVE_HOST": "127.0.0.1",
         "ORTSERVE_PORT": str(port),
+        "ORTSERVE_GRPC_PORT": "0",
     }
     url = f"http://127.0.0.1:{port}"
     with launched([sys.executable, "-c", code], url, ready_path="/health/ready", env=env) as srv:

@@ -138,6 +138,7 @@ def running_server(
         "ORTSERVE_MODEL_REPOSITORY": str(model_repository),
         "ORTSERVE_HOST": "127.0.0.1",
         "ORTSERVE_PORT": str(port),
+        "ORTSERVE_GRPC_PORT": "0",  # the gRPC front end only where asked: servers run side by side
         "PYTHONUNBUFFERED": "1",  # the log is complete up to the moment it is read
         **{f"ORTSERVE_{key.upper()}": str(value) for key, value in settings.items()},
         **(extra_env or {}),

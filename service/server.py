@@ -21,6 +21,9 @@ model) runs beside the server instead of before it, so ``/health/live`` answers 
 second and ``/health/ready`` says 503 until the models are warm. A strict start-up that fails
 stops the server and the process exits non-zero.
 
+The gRPC front end (``service.grpc``, ``ORTSERVE_GRPC_PORT``) runs on the same event loop: it opens
+with the HTTP port and stops after it, before the lifespan drains the batchers.
+
 Idle keep-alive connections are closed by uvicorn's own ``timeout_keep_alive``. Why uvicorn and
 not hypercorn or granian: docs/architecture.md ("The HTTP server").
 """
@@ -179,11 +182,27 @@ class LiveAtOnceServer(uvicorn.Server):
     async def _serve(self, sockets: Any = None) -> None:
         # inside uvicorn's capture_signals (serve), which re-raises SIGTERM once this returns:
         # the lifespan's shutdown must be done by then
+        settings: Settings | None = getattr(self.app.state, "settings", None)
+        grpc_server = None
+        if settings is not None and settings.grpc_port:
+            # the gRPC front end (service.grpc) on this loop, open at once like the HTTP port;
+            # imported only when it is on
+            from service.grpc.server import start as start_grpc
+
+            try:
+                grpc_server = await start_grpc(self.app, settings)
+            except RuntimeError as exc:
+                log.error("Application startup failed: %s", exc)
+                self.startup_failed = True
+                return
         stop = asyncio.Event()
         lifespan = asyncio.get_running_loop().create_task(self._lifespan(stop))
         try:
             await super()._serve(sockets)
         finally:
+            if grpc_server is not None and settings is not None:
+                # after HTTP: calls in flight finish while the batchers still run
+                await grpc_server.stop(settings.request_timeout_s)
             stop.set()
             await lifespan
 

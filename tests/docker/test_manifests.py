@@ -386,10 +386,12 @@ def test_the_hpas_scale_on_metrics_the_adapter_rules_serve() -> None:
 def test_kubernetes_probes_hit_the_service_health_routes() -> None:
     for name, container in containers():
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready", name
-        assert container["livenessProbe"]["httpGet"]["path"] == "/health/live", name
         assert container["startupProbe"]["httpGet"]["path"] in {"/health/live", "/health/ready"}
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
         assert ports["http"] == 8000, name
+        # liveness: the gRPC front end's standard health service (service "": the server)
+        assert ports["grpc"] == Settings.model_fields["grpc_port"].default, name
+        assert container["livenessProbe"]["grpc"] == {"port": ports["grpc"]}, name
 
 
 def test_kubernetes_pods_run_as_the_image_user_on_a_read_only_root() -> None:

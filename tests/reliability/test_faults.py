@@ -159,6 +159,7 @@ def test_strict_start_up_refuses_to_start_and_names_the_model_and_reason(
         ORTSERVE_MODEL_REPOSITORY=str(broken_repo),
         ORTSERVE_HOST="127.0.0.1",
         ORTSERVE_PORT=str(free_port()),
+        ORTSERVE_GRPC_PORT="0",
     )
     env.pop("ORTSERVE_STRICT_STARTUP", None)  # the default is strict
     done = subprocess.run(

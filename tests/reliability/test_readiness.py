@@ -30,6 +30,7 @@ def test_the_port_opens_at_once_live_while_the_start_up_models_warm_up(tmp_path:
         "ORTSERVE_MODEL_REPOSITORY": str(tmp_path),
         "ORTSERVE_HOST": "127.0.0.1",
         "ORTSERVE_PORT": str(port),
+        "ORTSERVE_GRPC_PORT": "0",
         "ORTSERVE_INTRA_OP_THREADS": "1",
         "ORTSERVE_DEFAULT_CLASSIFY_MODEL": "tiny-classifier",
     }

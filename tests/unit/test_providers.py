@@ -78,6 +78,7 @@ def test_the_service_refuses_to_start_without_cuda_when_required(tiny_repo: Path
         "ORTSERVE_MODEL_REPOSITORY": str(tiny_repo),
         "ORTSERVE_REQUIRE_CUDA": "true",
         "ORTSERVE_PORT": str(free_port()),
+        "ORTSERVE_GRPC_PORT": "0",
         **{f"ORTSERVE_{k.upper()}": v for k, v in TINY_DEFAULTS.items()},
     }
     done = subprocess.run(

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from devtools.server import REPO_ROOT, Server, free_port, launched, running_server
 
-__all__ = ["MODELS", "REPO_ROOT", "Server", "assert_close", "free_port", "launched", "running_server"]
+__all__ = [
+    "MODELS",
+    "REPO_ROOT",
+    "Server",
+    "assert_close",
+    "free_port",
+    "launched",
+    "running_server",
+]
 
 # the built default repository: `make test MODELS=x` passes its folder here
 MODELS = Path(os.environ.get("ORTSERVE_TEST_MODELS") or REPO_ROOT / "models").resolve()

@@ -22,7 +22,14 @@ from fastapi.responses import JSONResponse
 from service.api import health
 from service.api.deps import context_for, core_of, settings_of, timing_headers
 from service.api.openapi import json_body
-from service.api.v2_codec import DecodedRequest, decode_request, encode_response
+from service.api.v2_codec import (
+    DecodedRequest,
+    decode_tensors,
+    encode_raw,
+    encode_response,
+    parse_body,
+    raw_request,
+)
 from service.context import RequestContext
 from service.core import Core
 from service.runtime.model import LoadedModel
@@ -156,17 +163,29 @@ async def answer_infer(
     than the work; large ones in the worker pool."""
     inline = len(body) <= INLINE_BYTES
 
-    def decode(model: LoadedModel) -> DecodedRequest:
-        processor = model.processor
-        return decode_request(
+    def parse() -> tuple[InferRequest, memoryview]:
+        return parse_body(
             body,
             content_encoding=content_encoding,
             header_length=header_length,
-            config=model.config,
             max_body_bytes=max_body_bytes,
-            vocab_size=processor.encoder.vocab_size
-            if isinstance(processor, EmbedProcessor)
-            else None,
+        )
+
+    request, binary = parse() if inline else await core.inference.in_pool(parse)
+    raw = raw_request(request, binary)
+    if raw is not None:  # encoded images or texts: the typed model's own processing
+        model_name, version_no, outputs = await core.run_raw(
+            ctx, name, version, raw.items, raw.parameters
+        )
+        return encode_raw(raw, model_name, version_no, outputs)
+
+    def decode(model: LoadedModel) -> DecodedRequest:
+        processor = model.processor
+        return decode_tensors(
+            request,
+            binary,
+            model.config,
+            processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None,
         )
 
     decoded, inferred = await core.infer(

@@ -20,6 +20,7 @@ from service.api.deps import (
     timing_headers,
 )
 from service.api.openapi import images_body
+from service.core.raw import task_params
 from service.errors import BadRequestError
 from service.runtime.model import LoadedModel
 from service.schemas.common import ImagesRequest, error_responses
@@ -33,9 +34,6 @@ from service.schemas.vision import (
     rendered_responses,
 )
 from service.tasks import render
-from service.tasks.classification import ClassifyParams, ClassifyProcessor
-from service.tasks.detection import DetectProcessor
-from service.tasks.segmentation import SegmentParams, SegmentProcessor
 
 router = APIRouter(tags=["vision"])
 RequestT = TypeVar("RequestT", bound=ImagesRequest)
@@ -89,7 +87,7 @@ async def _serve(
 )
 async def classify(request: Request, response: Response) -> ClassifyResponse:
     def params(p: ClassifyRequest, model: LoadedModel) -> tuple[Any, Any]:
-        return model.processor_as(ClassifyProcessor), ClassifyParams(p.top_k)
+        return task_params("classify", p, model)
 
     answer: ClassifyResponse = await _serve(
         request, response, ClassifyRequest, "classify", params, ClassifyResponse.from_results
@@ -110,14 +108,7 @@ async def classify(request: Request, response: Response) -> ClassifyResponse:
 )
 async def detect(request: Request, response: Response) -> DetectResponse | Response:
     def params(p: DetectRequest, model: LoadedModel) -> tuple[Any, Any]:
-        processor = model.processor_as(DetectProcessor)
-        return processor, processor.params(
-            model=model.name,
-            confidence=p.confidence,
-            iou=p.iou,
-            max_detections=p.max_detections,
-            classes=p.classes,
-        )
+        return task_params("detect", p, model)
 
     def draw(
         image: bytes, result: Any, labels: Sequence[str], fmt: render.RenderFormat, pixels: int
@@ -144,8 +135,9 @@ async def detect(request: Request, response: Response) -> DetectResponse | Respo
 async def segment(request: Request, response: Response) -> SegmentResponse | Response:
     def params(p: SegmentRequest, model: LoadedModel) -> tuple[Any, Any]:
         # a picture is drawn from the class map itself: no PNG or RLE round trip
-        mask_format = "map" if p.render else p.mask_format
-        return model.processor_as(SegmentProcessor), SegmentParams(p.confidence, mask_format, p.iou)
+        return task_params(
+            "segment", p.model_copy(update={"mask_format": "map"}) if p.render else p, model
+        )
 
     def draw(
         image: bytes, result: Any, labels: Sequence[str], fmt: render.RenderFormat, pixels: int

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from service import __version__
 from service.auth import Caller, Guard
 from service.context import RequestContext
+from service.core.raw import RAW_INPUTS, RawOutput, outputs_for, task_params, texts_of, validated
 from service.core.views import model_info, pipeline_info, status_of, triton_config, v2_metadata
 from service.errors import BadRequestError, ModelNotFoundError, NotReadyError
 from service.inference import Embedded, Inference, PipelineRun
@@ -300,6 +301,36 @@ class Core:
         self, ctx: RequestContext, name: str, raws: Sequence[bytes], options: PipelineOptions
     ) -> PipelineRun:
         return await self.inference.pipeline(name, raws, options, ctx)
+
+    async def run_raw(
+        self,
+        ctx: RequestContext,
+        name: str,
+        version: str | None,
+        items: list[bytes],
+        parameters: dict[str, Any],
+    ) -> tuple[str, int, list[RawOutput]]:
+        """Raw inputs of a typed model over v2 (``service.core.raw``): encoded images or
+        texts through the model's own processing; (model, version, outputs)."""
+        task = self.entry(ctx, name).task
+        if task not in RAW_INPUTS:
+            raise BadRequestError(
+                f"model {name!r} takes tensors only; raw inputs (image, text) need a "
+                f"{', '.join(RAW_INPUTS)} model"
+            )
+        request: Any = validated(task, len(items), parameters)
+        wanted = parse_version(name, version)
+        if task == "embed":
+            texts = texts_of(items)
+            params = EmbedParams(normalize=request.normalize)
+            embedded = await self.embed(
+                ctx, name, wanted, texts, params, truncate=request.truncate, field="text"
+            )
+            return embedded.model, embedded.version, outputs_for(task, name, embedded)
+        model, results = await self.run(
+            ctx, task, name, wanted, items, lambda loaded: task_params(task, request, loaded)
+        )
+        return model.name, model.version, outputs_for(task, model.name, results)
 
 
 def parse_version(name: str, version: str | None) -> int | None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.core.raw import raw_signature
 from service.model_config import ModelConfig, TensorSpec
 from service.runtime.model import LoadedModel
 from service.runtime.registry import ModelEntry, PipelineEntry
 from service.schemas.common import BatchingInfo, ModelInfo, TensorInfo, VersionInfo
-from service.schemas.v2 import ModelMetadata, TensorMetadata
+from service.schemas.v2 import ModelMetadata, RawSignature, TensorMetadata
 
 PLATFORM = "onnxruntime_onnx"
 # the v2 datatype of each config dtype (the wire names of the Open Inference Protocol)
@@ -49,12 +50,14 @@ def v2_metadata(model: LoadedModel, versions: list[int]) -> ModelMetadata:
             for s in specs
         ]
 
+    raw_inputs, raw_outputs = raw_signature(config.task)
     return ModelMetadata(
         name=model.name,
         versions=[str(v) for v in sorted(versions)],
         platform=PLATFORM,
         inputs=tensors(config.inputs),
         outputs=tensors(config.outputs),
+        raw=RawSignature(inputs=raw_inputs, outputs=raw_outputs) if raw_inputs else None,
     )
 
 

@@ -22,7 +22,7 @@ import grpc
 import orjson
 from google.protobuf import json_format
 
-from service.api.v2_codec import DecodedRequest
+from service.api.v2_codec import DecodedRequest, decode_tensors, parse_body, raw_request
 from service.context import RequestContext
 from service.core import Core
 from service.errors import (
@@ -240,17 +240,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             core.entry(ctx, name)  # NOT_FOUND before any decoding
             body, header_length = tensors.request_body(request)
             inline = len(body) <= INLINE_BYTES
+            parsed, binary = parse_body(
+                body,
+                content_encoding=None,
+                header_length=str(header_length),
+                max_body_bytes=self.max_body_bytes,
+            )
+            raw = raw_request(parsed, binary)
+            if raw is not None:  # encoded images or texts: the typed model's own processing
+                model_name, version, outputs = await core.run_raw(
+                    ctx, name, _version(request.model_version), raw.items, raw.parameters
+                )
+                context.set_trailing_metadata(_timing(ctx))
+                return tensors.raw_response(raw, model_name, version, outputs)
 
             def decode(model: LoadedModel) -> DecodedRequest:
                 processor = model.processor
-                return tensors.decode(
-                    body,
-                    header_length,
+                return decode_tensors(
+                    parsed,
+                    binary,
                     model.config,
-                    max_body_bytes=self.max_body_bytes,
-                    vocab_size=processor.encoder.vocab_size
-                    if isinstance(processor, EmbedProcessor)
-                    else None,
+                    processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None,
                 )
 
             decoded, inferred = await core.infer(

@@ -12,13 +12,20 @@ the value range of narrow integers, the value count) and turned into bytes. Outp
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from service.api.v2_codec import V2_DTYPES, DecodedRequest, decode_request, v2_datatype
+from service.api.v2_codec import (
+    V2_DTYPES,
+    DecodedRequest,
+    RawRequest,
+    v2_datatype,
+)
+from service.core.raw import RawOutput
 from service.errors import BadRequestError
 from service.grpc.protos import grpc_service_pb2 as pb
 from service.model_config import ModelConfig
@@ -67,6 +74,8 @@ def _typed(tensor: Any) -> bytes | None:
     v2 codec knows (the codec then refuses the datatype against the model's)."""
     where = f"input {tensor.name!r}"
     datatype = tensor.datatype
+    if datatype == "BYTES":  # raw inputs (service.core.raw): framed as the binary extension does
+        return b"".join(struct.pack("<I", len(v)) + v for v in tensor.contents.bytes_contents)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         if datatype in ("FP16", "BF16"):
@@ -146,23 +155,28 @@ def request_body(request: Any) -> tuple[bytes, int]:
     return b"".join([head, *blobs]), len(head)
 
 
-def decode(
-    body: bytes,
-    header_length: int,
-    config: ModelConfig,
-    *,
-    max_body_bytes: int,
-    vocab_size: int | None,
-) -> DecodedRequest:
-    """``request_body``'s bytes through the v2 codec's checks."""
-    return decode_request(
-        body,
-        content_encoding=None,
-        header_length=str(header_length),
-        config=config,
-        max_body_bytes=max_body_bytes,
-        vocab_size=vocab_size,
-    )
+def raw_response(raw: RawRequest, model: str, version: int, outputs: Sequence[RawOutput]) -> Any:
+    """Raw inputs' outputs (``service.core.raw``) in ``raw_output_contents``: arrays as
+    little-endian bytes, BYTES elements each after its 4-byte length."""
+    asked = [o.name for o in raw.request.outputs or []]
+    names = [o.name for o in outputs]
+    unknown = [n for n in asked if n not in names]
+    if unknown:
+        raise BadRequestError(f"unknown outputs {unknown}; raw inputs answer {names}")
+    answer = pb.ModelInferResponse(model_name=model, model_version=str(version))
+    if raw.request.id is not None:
+        answer.id = raw.request.id
+    for out in outputs:
+        if asked and out.name not in asked:
+            continue
+        answer.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        if out.elements is not None:
+            blob = b"".join(struct.pack("<I", len(e)) + e for e in out.elements)
+        else:
+            assert out.array is not None
+            blob = out.array.astype(out.array.dtype.newbyteorder("<"), copy=False).tobytes()
+        answer.raw_output_contents.append(blob)
+    return answer
 
 
 def response(

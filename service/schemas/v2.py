@@ -38,12 +38,24 @@ class TensorMetadata(BaseModel):
     )
 
 
+class RawSignature(BaseModel):
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
 class ModelMetadata(BaseModel):
     name: str = Field(examples=["mobilenet_v2"])
     versions: list[str] = Field(examples=[["1"]])
     platform: str = Field(examples=["onnxruntime_onnx"])
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    raw: RawSignature | None = Field(
+        default=None,
+        description=(
+            "The second signature a typed model takes: one BYTES input of encoded images "
+            "(image) or UTF-8 texts (text), run through the model's own processing."
+        ),
+    )
 
 
 class InferInputTensor(RequestModel):

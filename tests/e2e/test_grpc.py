@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.api.conftest import b64, png, solid
 from tests.reliability.models import slow_classifier
 from tests.support.server import Server, free_port, running_server
 from tests.support.tiny_models import classifier, embedder
@@ -394,3 +395,35 @@ def test_grpc_management_from_an_untrusted_network_is_permission_denied(
     raises("PERMISSION_DENIED", c.get_model_repository_index, headers=good)
     raises("PERMISSION_DENIED", c.unload_model, "tiny-classifier", headers=good)
     assert c.is_model_ready("tiny-classifier", headers=good)
+
+
+# -- raw inputs (service.core.raw): encoded images and texts to a typed model ------------------
+def _raw_input(name: str, items: list[bytes]) -> Any:
+    tensor = grpcclient.InferInput(name, [len(items)], "BYTES")
+    tensor.set_data_from_numpy(np.array(items, dtype=np.object_))
+    return tensor
+
+
+def test_raw_images_and_texts_over_grpc_answer_what_the_typed_endpoints_answer(
+    server: tuple[Server, str],
+) -> None:
+    srv, target = server
+    c = client(target)
+    red = png(solid((255, 0, 0)))
+    answer = c.infer("tiny-classifier", [_raw_input("image", [red])], parameters={"top_k": 2})
+    typed = httpx.post(
+        f"{srv.url}/classify", json={"images": [b64(red)], "top_k": 2}, timeout=10
+    ).json()["results"]
+    assert [json.loads(r) for r in answer.as_numpy("result").tolist()] == typed
+    assert answer.as_numpy("class_ids")[0].tolist() == [
+        p["class_id"] for p in typed[0]["predictions"]
+    ]
+    texts = ["a red circle", "the blue square"]
+    embedded = c.infer("tiny-embedder", [_raw_input("text", [t.encode() for t in texts])])
+    want = httpx.post(
+        f"{srv.url}/embed", json={"inputs": texts, "model": "tiny-embedder"}, timeout=10
+    ).json()["embeddings"]
+    np.testing.assert_allclose(embedded.as_numpy("embedding"), want, atol=1e-6)
+    with pytest.raises(InferenceServerException) as info:
+        c.infer("tiny-classifier", [_raw_input("image", [b"not an image"])])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"

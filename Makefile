@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-ceiling bench-gpu bench-tracing soak clean-models
+.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-ceiling bench-gpu bench-grpc bench-tracing soak clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench: models
 # this machine (benchmarks/ceiling.py, docs/benchmarks.md)
 bench-ceiling: models
 	$(PY) -m benchmarks.ceiling --models $(MODELS) --only classify,detect,embed-same --rounds 3
+
+# The Open Inference Protocol over gRPC beside the same requests over HTTP on one server: GloVe and
+# MobileNetV2, h2load (nghttp2-client) and wrk, alternated rounds (benchmarks/grpc.py)
+bench-grpc: models
+	$(PY) -m benchmarks.grpc --models $(MODELS) --rounds 3 --duration-s 10
 
 # What tracing costs: /embed at c=32 with tracing off, and on at sampling ratios 1.0 and 0.01
 # (OTLP/HTTP to a receiver in the benchmark), in alternated rounds (benchmarks/tracing.py)

@@ -51,7 +51,7 @@ def grpc_frame(model: str, scenario: str, output: str) -> bytes:
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
         request.raw_input_contents.append(array.tobytes())
     request.outputs.add(name=output)
-    message = request.SerializeToString()
+    message: bytes = request.SerializeToString()
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
@@ -145,23 +145,23 @@ def main() -> None:
                 grpc_url = f"http://{target}/inference.GRPCInferenceService/ModelInfer"
                 http_url = f"{server.url}/v2/models/{model}/infer"
                 length = int((work / f"{scenario}.hlen").read_text())
-                runs = [
+                measure = [
                     lambda: h2load(grpc_url, work / f"{scenario}.grpc", args.duration_s),  # noqa: B023
                     lambda: wrk(http_url, work / f"{scenario}.bin", length, args.duration_s, work / "post.lua"),  # noqa: B023
                 ]  # fmt: skip
                 if round_no % 2:
-                    grpc_rps = runs[0]()
-                    http_rps = runs[1]()
+                    grpc_rps = measure[0]()
+                    http_rps = measure[1]()
                 else:
-                    http_rps = runs[1]()
-                    grpc_rps = runs[0]()
+                    http_rps = measure[1]()
+                    grpc_rps = measure[0]()
                 rows[scenario].append((grpc_rps, http_rps))
     shutil.rmtree(work, ignore_errors=True)
     print(f"{'scenario':<10} {'gRPC req/s':>11} {'HTTP req/s':>11} {'gRPC/HTTP':>10}")
-    for scenario, runs in rows.items():
-        grpc_rps = statistics.median(g for g, _ in runs)
-        http_rps = statistics.median(h for _, h in runs)
-        ratio = statistics.median(g / h for g, h in runs)
+    for scenario, pairs in rows.items():
+        grpc_rps = statistics.median(g for g, _ in pairs)
+        http_rps = statistics.median(h for _, h in pairs)
+        ratio = statistics.median(g / h for g, h in pairs)
         print(f"{scenario:<10} {grpc_rps:>11.0f} {http_rps:>11.0f} {ratio:>10.3f}")
     print(
         f"(medians of {args.rounds} alternated rounds of {args.duration_s} s; h2load 4×8, wrk c=32)"

@@ -23,8 +23,7 @@ from service.api import health
 from service.api.deps import context_for, core_of, settings_of, timing_headers
 from service.api.openapi import json_body
 from service.api.v2_codec import (
-    DecodedRequest,
-    decode_tensors,
+    decoder,
     encode_raw,
     encode_response,
     parse_body,
@@ -32,7 +31,6 @@ from service.api.v2_codec import (
 )
 from service.context import RequestContext
 from service.core import Core
-from service.runtime.model import LoadedModel
 from service.schemas.common import error_responses
 from service.schemas.v2 import (
     InferRequest,
@@ -42,7 +40,6 @@ from service.schemas.v2 import (
     ReadyResponse,
     ServerMetadata,
 )
-from service.tasks.embedding import EmbedProcessor
 
 router = APIRouter(tags=["v2"])
 health_router = APIRouter(tags=["v2"])
@@ -179,17 +176,8 @@ async def answer_infer(
         )
         return encode_raw(raw, model_name, version_no, outputs)
 
-    def decode(model: LoadedModel) -> DecodedRequest:
-        processor = model.processor
-        return decode_tensors(
-            request,
-            binary,
-            model.config,
-            processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None,
-        )
-
     decoded, inferred = await core.infer(
-        ctx, name, version, decode, lambda d: d.items, inline=inline
+        ctx, name, version, decoder(request, binary), lambda d: d.items, inline=inline
     )
     model = inferred.model
     if inline and sum(v.nbytes for o in inferred.outputs for v in o.values()) <= INLINE_BYTES:

@@ -12,7 +12,7 @@ import binascii
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,10 @@ from service.errors import (
     UnsupportedMediaTypeError,
 )
 from service.model_config import ModelConfig, TensorSpec
+from service.runtime.model import LoadedModel
 from service.schemas.v2 import InferInputTensor, InferRequest
 from service.tasks.base import Feeds, Outputs
+from service.tasks.embedding import EmbedProcessor
 
 # v2 datatype ↔ numpy (all little-endian on the wire)
 V2_DTYPES: dict[str, np.dtype[Any]] = {
@@ -284,13 +286,24 @@ def decode_tensors(
 
 
 # -- response encoding (runs in the worker pool) ---------------------------------------------
-def encode_response(
-    decoded: DecodedRequest, outputs: Sequence[Outputs], config: ModelConfig, version: int
-) -> tuple[bytes, int | None]:
-    """Per-row outputs → (body, JSON header length when binary tensors follow it)."""
+def decoder(request: InferRequest, binary: memoryview) -> Callable[[LoadedModel], DecodedRequest]:
+    """A parsed request's decoding for the model the core leases (every front end's)."""
+
+    def decode(model: LoadedModel) -> DecodedRequest:
+        processor = model.processor
+        vocab = processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None
+        return decode_tensors(request, binary, model.config, vocab)
+
+    return decode
+
+
+def output_arrays(
+    decoded: DecodedRequest, outputs: Sequence[Outputs], config: ModelConfig
+) -> list[tuple[str, bool, np.ndarray]]:
+    """The wanted outputs in the order asked for: (name, as binary, C-contiguous array), the
+    rows stacked back into the request's tensors (any transport's answer)."""
     specs = {s.name: s for s in config.outputs}
-    tensors: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    arrays: list[tuple[str, bool, np.ndarray]] = []
     for name, binary in decoded.wanted:
         if decoded.rows is None:
             arr = outputs[0][name]
@@ -301,7 +314,17 @@ def encode_response(
                 # in; cut them to this request's length so results do not depend on the batch
                 parts = [p[: decoded.seq_len] for p in parts]
             arr = np.stack(parts)
-        arr = np.ascontiguousarray(arr)
+        arrays.append((name, binary, np.ascontiguousarray(arr)))
+    return arrays
+
+
+def encode_response(
+    decoded: DecodedRequest, outputs: Sequence[Outputs], config: ModelConfig, version: int
+) -> tuple[bytes, int | None]:
+    """Per-row outputs → (body, JSON header length when binary tensors follow it)."""
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary, arr in output_arrays(decoded, outputs, config):
         tensor: dict[str, Any] = {
             "name": name,
             "datatype": v2_datatype(arr.dtype),

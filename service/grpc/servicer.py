@@ -22,7 +22,7 @@ import grpc
 import orjson
 from google.protobuf import json_format
 
-from service.api.v2_codec import DecodedRequest, decode_tensors, parse_body, raw_request
+from service.api.v2_codec import decoder, parse_body, raw_request
 from service.context import RequestContext
 from service.core import Core
 from service.errors import (
@@ -38,7 +38,6 @@ from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from service.metrics import Metrics
 from service.runtime.model import LoadedModel
-from service.tasks.embedding import EmbedProcessor
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -254,17 +253,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 context.set_trailing_metadata(_timing(ctx))
                 return tensors.raw_response(raw, model_name, version, outputs)
 
-            def decode(model: LoadedModel) -> DecodedRequest:
-                processor = model.processor
-                return decode_tensors(
-                    parsed,
-                    binary,
-                    model.config,
-                    processor.encoder.vocab_size if isinstance(processor, EmbedProcessor) else None,
-                )
-
             decoded, inferred = await core.infer(
-                ctx, name, _version(request.model_version), decode, lambda d: d.items, inline=inline
+                ctx,
+                name,
+                _version(request.model_version),
+                decoder(parsed, binary),
+                lambda d: d.items,
+                inline=inline,
             )
             model = inferred.model
             args = (decoded, inferred.outputs, model.config, model.version)

@@ -23,13 +23,13 @@ from service.api.v2_codec import (
     V2_DTYPES,
     DecodedRequest,
     RawRequest,
+    output_arrays,
     v2_datatype,
 )
 from service.core.raw import RawOutput
 from service.errors import BadRequestError
 from service.grpc.protos import grpc_service_pb2 as pb
 from service.model_config import ModelConfig
-from service.protocol.v2_tensors import output_arrays
 from service.tasks.base import Outputs
 
 # the InferTensorContents field of each datatype (FP16 and BF16 have none: raw contents only)
@@ -186,7 +186,7 @@ def response(
     answer = pb.ModelInferResponse(model_name=config.name, model_version=str(version))
     if decoded.request.id is not None:
         answer.id = decoded.request.id
-    for name, arr in output_arrays(decoded, outputs, config):
+    for name, _binary, arr in output_arrays(decoded, outputs, config):
         answer.outputs.add(name=name, datatype=v2_datatype(arr.dtype), shape=arr.shape)
         answer.raw_output_contents.append(
             arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -1,1 +1,0 @@
-"""Transport-neutral pieces of the wire protocols, shared by the front ends (HTTP and gRPC)."""

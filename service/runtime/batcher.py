@@ -39,7 +39,7 @@ from service.errors import (
     OverloadedError,
     ServiceError,
 )
-from service.tasks.base import Feeds, Outputs, length_buckets, split_outputs
+from service.runtime.batch_runner import BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class DynamicBatcher(Generic[In, Out]):
             # the cancelled collector's traceback holds its frame, which holds this batcher: let
             # the task go, or the model's sessions wait for the cycle collector to be freed
             self._collector = None
-        self._fail_queued(NotReadyError(f"model {self.name!r} is shutting down"))
+        self._fail_queued(self._shutting_down())
         executors = [instance.executor for instance in self._instances]
         for executor in executors:  # drop what has not started; never blocks
             executor.shutdown(wait=False, cancel_futures=True)
@@ -270,12 +270,9 @@ class DynamicBatcher(Generic[In, Out]):
         is_disconnected: DisconnectCheck | None = None,
     ) -> BatchResult[Out]:
         """Queue one item; ``deadline`` is in ``loop.time()`` seconds."""
-        if not self._accepting or self._queue is None:
-            raise NotReadyError(f"model {self.name!r} is not accepting requests")
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if deadline <= now:
-            raise DeadlineExceededError("the request deadline passed before it could be queued")
+        now = self._accept(deadline, loop)
+        assert self._queue is not None  # _accept: started and accepting
         item: _Item[In, Out] = _Item(
             payload, loop.create_future(), deadline, now, is_disconnected, tracing.capture()
         )
@@ -303,11 +300,78 @@ class DynamicBatcher(Generic[In, Out]):
     def _expire(self, item: _Item[In, Out]) -> None:
         # not yet run: the collector skips it; already running: its result is discarded
         if not item.future.done():
-            item.future.set_exception(
-                DeadlineExceededError(
-                    f"model {self.name!r} did not answer within the request deadline"
-                )
-            )
+            item.future.set_exception(self._late())
+
+    # -- the rules both paths share: admission, deadlines, shutdown, failures, stats ---------
+    def _accept(self, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+        """Whether a request may start now (queued, or run alone): the model accepts requests
+        and the deadline has not passed. Returns the loop time it checked at."""
+        if not self._accepting or self._queue is None:
+            raise NotReadyError(f"model {self.name!r} is not accepting requests")
+        now = loop.time()
+        if deadline <= now:
+            raise DeadlineExceededError("the request deadline passed before it could be queued")
+        return now
+
+    def _late(self) -> DeadlineExceededError:
+        """A request whose deadline passed before its run ended (queued or running)."""
+        return DeadlineExceededError(
+            f"model {self.name!r} did not answer within the request deadline"
+        )
+
+    def _shutting_down(self) -> NotReadyError:
+        """What ``stop()`` answers to work it cut off or never started."""
+        return NotReadyError(f"model {self.name!r} is shutting down")
+
+    def _check_outputs(self, outputs: Sequence[Out], size: int) -> None:
+        if len(outputs) != size:
+            raise _OutputCountError(f"run_batch returned {len(outputs)} outputs for {size}")
+
+    def _span(
+        self,
+        links: list[tracing.SpanContext | None],
+        started_ns: int,
+        error: BaseException | None,
+        parent: tracing.Context | None = None,
+    ) -> tracing.SpanContext | None:
+        """A run's batch span: linked to the span of each traced request in it, or, for a lone
+        run, the child of its request's span (``parent``)."""
+        return tracing.batch_span(
+            self.name,
+            self._trace_attributes,
+            links,
+            started_ns,
+            tracing.now_ns(),
+            error=error,
+            parent=parent,
+        )
+
+    def _ran(
+        self,
+        size: int,
+        mean_queue_s: float,
+        inference_s: float,
+        trace: tracing.SpanContext | None = None,
+    ) -> None:
+        """Count a batch that ran, and tell the observer (with the batch span current, so that
+        the metrics' exemplars point to it)."""
+        self.stats.batches += 1
+        self.stats.items += size
+        self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
+        if self._observer is None:
+            return
+        if trace is None:
+            self._observer(size, mean_queue_s, inference_s)
+            return
+        with tracing.using(trace):
+            self._observer(size, mean_queue_s, inference_s)
+
+    def _failure(self, size: int, exc: BaseException | None) -> ServiceError:
+        """Log a batch whose run failed; the error its requests get (internals never shown)."""
+        log.error("model %s: batch of %d failed", self.name, size, exc_info=exc)
+        if isinstance(exc, ServiceError):
+            return exc
+        return InferenceFailedError(f"model {self.name!r} failed to run this batch")
 
     # -- a lone request ------------------------------------------------------------------------
     async def run_alone(
@@ -317,11 +381,8 @@ class DynamicBatcher(Generic[In, Out]):
         run on a batch of one. For a request that finds the model ``idle``: its preparation,
         run and postprocessing then cost one thread hop instead of one each, as the batch would
         have held it alone anyway. A failing run fails like a batch of one."""
-        if not self._accepting or self._queue is None:
-            raise NotReadyError(f"model {self.name!r} is not accepting requests")
         loop = asyncio.get_running_loop()
-        if deadline <= loop.time():
-            raise DeadlineExceededError("the request deadline passed before it could be queued")
+        self._accept(deadline, loop)
         timing: list[float] = []
         traced = tracing.current()  # the batch span is this request's child
         span_ns: list[int] = []
@@ -332,8 +393,7 @@ class DynamicBatcher(Generic[In, Out]):
             span_ns.append(tracing.now_ns())
             try:
                 outputs = instance.run_batch([payload])
-                if len(outputs) != 1:
-                    raise _OutputCountError(f"run_batch returned {len(outputs)} outputs for 1")
+                self._check_outputs(outputs, 1)
             except ServiceError as exc:
                 self._trace_alone(traced, span_ns, exc)
                 raise
@@ -356,11 +416,9 @@ class DynamicBatcher(Generic[In, Out]):
         future.add_done_callback(lambda done: self._lone_run_done(done, borrowed))
         done, _ = await asyncio.wait({future}, timeout=deadline - loop.time())
         if not done:  # it runs on; _lone_run_done drops its result
-            raise DeadlineExceededError(
-                f"model {self.name!r} did not answer within the request deadline"
-            )
+            raise self._late()
         if future.cancelled():  # stop() cancelled it before the model thread started it
-            raise NotReadyError(f"model {self.name!r} is shutting down")
+            raise self._shutting_down()
         try:
             value = future.result()
         except _LoneRunError as exc:
@@ -378,15 +436,7 @@ class DynamicBatcher(Generic[In, Out]):
         """The batch span of a lone run (on the model thread, as the run ends)."""
         if parent is None:
             return None
-        return tracing.batch_span(
-            self.name,
-            self._trace_attributes,
-            [None],
-            span_ns[0],
-            tracing.now_ns(),
-            error=error,
-            parent=parent,
-        )
+        return self._span([None], span_ns[0], error, parent)
 
     def _lone_run_done(
         self, future: asyncio.Future[Any], borrowed: _Instance[In, Out] | None
@@ -509,9 +559,7 @@ class DynamicBatcher(Generic[In, Out]):
             # stop() gave up waiting for this batch: answer its requests now, not at their deadline
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(
-                        NotReadyError(f"model {self.name!r} is shutting down")
-                    )
+                    item.future.set_exception(self._shutting_down())
             raise
         finally:
             for _ in batch:
@@ -535,10 +583,7 @@ class DynamicBatcher(Generic[In, Out]):
             outputs = await loop.run_in_executor(
                 instance.executor, instance.run_batch, [item.payload for item in batch]
             )
-            if len(outputs) != len(batch):
-                raise _OutputCountError(
-                    f"run_batch returned {len(outputs)} outputs for {len(batch)}"
-                )
+            self._check_outputs(outputs, len(batch))
         except Exception as exc:
             self._trace(batch, started_ns, exc)
             if not retry:
@@ -583,41 +628,7 @@ class DynamicBatcher(Generic[In, Out]):
         self, batch: list[_Item[In, Out]], started_ns: int, error: BaseException | None
     ) -> tracing.SpanContext | None:
         """The batch run's span, linked to the span of each request in it that is traced."""
-        return tracing.batch_span(
-            self.name,
-            self._trace_attributes,
-            [item.trace for item in batch],
-            started_ns,
-            tracing.now_ns(),
-            error=error,
-        )
-
-    def _ran(
-        self,
-        size: int,
-        mean_queue_s: float,
-        inference_s: float,
-        trace: tracing.SpanContext | None = None,
-    ) -> None:
-        """Count a batch that ran, and tell the observer (with the batch span current, so that
-        the metrics' exemplars point to it)."""
-        self.stats.batches += 1
-        self.stats.items += size
-        self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
-        if self._observer is None:
-            return
-        if trace is None:
-            self._observer(size, mean_queue_s, inference_s)
-            return
-        with tracing.using(trace):
-            self._observer(size, mean_queue_s, inference_s)
-
-    def _failure(self, size: int, exc: BaseException | None) -> ServiceError:
-        """Log a batch whose run failed; the error its requests get (internals never shown)."""
-        log.error("model %s: batch of %d failed", self.name, size, exc_info=exc)
-        if isinstance(exc, ServiceError):
-            return exc
-        return InferenceFailedError(f"model {self.name!r} failed to run this batch")
+        return self._span([item.trace for item in batch], started_ns, error)
 
 
 class _OutputCountError(RuntimeError):
@@ -628,35 +639,4 @@ class _LoneRunError(Exception):
     """The model's run failed inside ``run_alone``'s job (the cause is chained)."""
 
 
-class BatchRunner:
-    """Runs a list of items through a session on the model thread: collate → run → split.
-
-    Models without a batch axis (``max_batch_size: 0``) get one item per run, unchanged. With a
-    ``bucket_by`` input (text), items are grouped by its length first so each run pads little.
-    """
-
-    def __init__(
-        self,
-        run: Callable[[Feeds], Outputs],
-        *,
-        batched: bool,
-        collate: Callable[[Sequence[Feeds]], Feeds],
-        bucket_by: str | None = None,
-    ) -> None:
-        self._run = run
-        self._batched = batched
-        self._collate = collate
-        self._bucket_by = bucket_by
-
-    def __call__(self, items: list[Feeds]) -> list[Outputs]:
-        if not self._batched:
-            return [self._run(item) for item in items]
-        if self._bucket_by is None or len(items) < 2:
-            return split_outputs(self._run(self._collate(items)), len(items))
-        results: list[Outputs | None] = [None] * len(items)
-        lengths = [item[self._bucket_by].shape[0] for item in items]
-        for group in length_buckets(lengths):
-            outputs = self._run(self._collate([items[i] for i in group]))
-            for i, out in zip(group, split_outputs(outputs, len(group)), strict=True):
-                results[i] = out
-        return [r for r in results if r is not None]
+__all__ = ["BatchObserver", "BatchResult", "BatchRunner", "BatcherStats", "DynamicBatcher"]

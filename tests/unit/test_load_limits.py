@@ -11,7 +11,8 @@ import yaml
 
 from service.model_config import ConfigError, ModelConfig, load_model_config, merge_config
 from service.runtime import limits
-from service.runtime.registry import ModelRegistry, repository_folders
+from service.runtime.registry import ModelRegistry
+from service.runtime.repository import repository_folders
 from service.runtime.validate import warmup_shapes
 from service.settings import Settings
 from tests.support import tiny_models

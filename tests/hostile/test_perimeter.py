@@ -115,8 +115,14 @@ def test_a_symlink_planted_in_a_model_folder_is_refused_at_load(server: Server) 
     assert httpx.get(f"{server.url}/v2/models/linked/ready", timeout=5).status_code != 200
 
 
-def test_the_canary_never_reaches_a_response_or_the_log(server: Server) -> None:
+def test_the_canary_never_reaches_a_response_or_the_log(
+    server: Server, layout: tuple[Path, Path]
+) -> None:
     # runs after the cases above (file order): everything they did is in the log by now
+    repo, outside = layout
+    # nothing was written outside the repository (the caches' fields were refused too)
+    assert sorted(p.name for p in outside.iterdir()) == ["labels.txt", "model.onnx"]
+    assert not (repo.parent / "x").exists()
     listing = httpx.get(f"{server.url}/v1/models", timeout=5)
     assert listing.status_code == 200
     assert CANARY not in listing.text

@@ -212,3 +212,33 @@ def test_non_strict_start_up_serves_the_others_and_reports_the_failed_model(
         assert "ONNXRuntime" not in refused.text
         assert str(broken_repo) not in refused.text
         assert httpx.get(srv.url + "/v2/models/broken/ready", timeout=10).status_code == 503
+
+
+def test_the_file_descriptor_limit_is_raised_to_the_hard_limit_at_start(tmp_path: Path) -> None:
+    """The README's promise: a soft RLIMIT_NOFILE below the hard one is raised to it at start,
+    and the log says so. The server starts from a shell that lowered its soft limit to 256."""
+    import resource
+
+    from tests.support.server import launched
+    from tests.support.tiny_models import classifier
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.fail(f"this host's hard limit ({hard}) leaves nothing to raise")
+    classifier(tmp_path / "tiny-classifier")
+    port = free_port()
+    env = {
+        "ORTSERVE_MODEL_REPOSITORY": str(tmp_path),
+        "ORTSERVE_HOST": "127.0.0.1",
+        "ORTSERVE_PORT": str(port),
+        "ORTSERVE_GRPC_PORT": "0",
+        "ORTSERVE_DEFAULT_CLASSIFY_MODEL": "tiny-classifier",
+    }
+    command = ["sh", "-c", f'ulimit -Sn 256 && exec "{sys.executable}" -m service']
+    with launched(command, f"http://127.0.0.1:{port}", ready_path="/health/ready", env=env) as srv:
+        limits = Path(f"/proc/{srv.process.pid}/limits").read_text()
+        log = srv.log()
+    row = next(r for r in limits.splitlines() if r.startswith("Max open files")).split()
+    want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert row[3] == want, row  # the soft limit, raised from 256
+    assert f"file descriptors: {row[3]}" in log or "file descriptors:" in log

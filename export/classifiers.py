@@ -28,13 +28,17 @@ from export.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ExportError,
-    add_instances_argument,
+    add_batching_arguments,
+    add_out_argument,
+    add_precision_argument,
     export_onnx,
+    serving_processor,
     set_metadata,
     write_model_folder,
 )
+from export.fp16 import to_fp16
 from export.quantize import add_quantize_arguments
-from export.verify import check_parity, to_fp16
+from export.verify import check_parity
 
 log = logging.getLogger("export")
 
@@ -93,6 +97,19 @@ def imagenet_labels(arch: str) -> list[str] | None:
             return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
         except (AttributeError, KeyError):  # pragma: no cover - very old torchvision
             return None
+
+
+def output_classes(model: torch.nn.Module, crop: int) -> int:
+    """The class count of ``model``'s logits ``float32[1, C]`` at a ``crop``² input."""
+    with torch.no_grad():
+        return int(model(torch.zeros(1, 3, crop, crop)).shape[1])
+
+
+def default_labels(arch: str, classes: int) -> list[str]:
+    """ImageNet's class names when the model has their number of classes, else ``"0"``,
+    ``"1"``, ..."""
+    imagenet = imagenet_labels(arch)
+    return imagenet if imagenet and len(imagenet) == classes else [str(i) for i in range(classes)]
 
 
 def offline_mobilenet_v2_weights() -> Path:
@@ -201,8 +218,7 @@ def export_classifier(
 
     Returns the parity report; raises ``ParityError`` (no folder written) or ``ExportError``.
     """
-    from service.model_config import ImagePreprocessing
-    from service.tasks.imaging import ImageProcessor
+    from service.tasks.classification import ClassifyProcessor
 
     if sum(x is not None and x is not False for x in (weights, checkpoint, random_init)) != 1:
         raise ExportError("choose one of --weights NAME, --checkpoint PATH or --random-init")
@@ -220,6 +236,8 @@ def export_classifier(
     resize_shorter, crop, mean, std = preprocess_for(arch, weights)
     if image_size is not None:  # smaller inputs for quick tests, same resize/crop ratio
         resize_shorter, crop = round(image_size * resize_shorter / crop), image_size
+    if labels is None:
+        labels = default_labels(arch, num_classes or output_classes(model, crop))
     image = {
         "resize": "center_crop",
         "resize_shorter": resize_shorter,
@@ -228,9 +246,24 @@ def export_classifier(
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
     }
-    # the service's own decoding and preprocessing produce the parity inputs
-    processor = ImageProcessor(ImagePreprocessing.model_validate(image), "input", max_pixels=10**8)
-    tensors = [processor.preprocess(jpeg)[0]["input"] for jpeg in sample_images()]
+    config = {
+        "task": "classify",
+        "format": "classification-logits",
+        "description": f"torchvision {arch} ({source})" + (", fp16" if precision == "fp16" else ""),
+        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, crop, crop]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels)]}],
+        "image": image,
+        "batching": {
+            "max_batch_size": max_batch_size,
+            "max_delay_ms": max_delay_ms,
+            "max_queue_size": 512,
+            "instances": instances,
+        },
+    }
+    # the service's own decoding and preprocessing, from the config it will read, produce the
+    # parity inputs
+    processor = serving_processor(config, ClassifyProcessor, name=out.name, labels=labels)
+    tensors = [processor.prepare(jpeg)[0]["input"] for jpeg in sample_images()]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_model = export_onnx(
@@ -250,12 +283,7 @@ def export_classifier(
         if precision == "fp16":
             parity["fp16"], onnx_model = to_fp16(path, samples, name=arch)
     classes = onnx_model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    if labels is None:
-        imagenet = imagenet_labels(arch)
-        labels = (
-            imagenet if imagenet and len(imagenet) == classes else [str(i) for i in range(classes)]
-        )
-    elif len(labels) != classes:
+    if len(labels) != classes:
         raise ExportError(f"{len(labels)} labels for a model with {classes} classes")
     set_metadata(
         onnx_model,
@@ -272,20 +300,6 @@ def export_classifier(
             "precision": precision,
         },
     )
-    config = {
-        "task": "classify",
-        "format": "classification-logits",
-        "description": f"torchvision {arch} ({source})" + (", fp16" if precision == "fp16" else ""),
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, crop, crop]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels)]}],
-        "image": image,
-        "batching": {
-            "max_batch_size": max_batch_size,
-            "max_delay_ms": max_delay_ms,
-            "max_queue_size": 512,
-            "instances": instances,
-        },
-    }
     write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
     return parity
 
@@ -319,9 +333,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--image-size", type=int, help="override the crop size (default: the architecture's)"
     )
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--max-delay-ms", type=float, default=2.0)
-    add_instances_argument(p)
+    add_batching_arguments(p, max_batch_size=8, max_delay_ms=2.0, instances=True)
     p.add_argument("--simplify", action="store_true", help="fold constants before the check")
     p.add_argument(
         "--atol",
@@ -330,13 +342,8 @@ def add_parser(subparsers: Any) -> None:
         help="parity tolerance on logits: |Δ| ≤ atol + 1e-3·max|logit| (default 1e-3)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
-    )
-    p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/resnet50")
+    add_precision_argument(p)
+    add_out_argument(p, help="model folder, e.g. models/resnet50")
     p.set_defaults(run=_run)
     add_quantize_arguments(p)
 

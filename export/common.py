@@ -12,25 +12,55 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import onnx
 import torch
 import yaml
 
 log = logging.getLogger("export")
+P = TypeVar("P")
 
 DEFAULT_OPSET = 17
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 METADATA_KEY = "ortserve"
+# the export's own photos and calibration sets: decoded whatever their size (not a client's)
+MAX_IMAGE_PIXELS = 10**8
+FP16_HELP = "fp16: weights and compute in float16 (IO stays float32), checked against fp32"
 
 
 class ExportError(Exception):
     """The export cannot produce a valid model folder."""
+
+
+def add_precision_argument(p: argparse.ArgumentParser, *, help: str = FP16_HELP) -> None:
+    """``--precision fp32|fp16`` (default fp32): what every exporter's ``precision`` takes."""
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help=help)
+
+
+def add_out_argument(p: argparse.ArgumentParser, *, help: str | None = None) -> None:
+    """``--out FOLDER`` (required): the model folder the export writes."""
+    p.add_argument("--out", type=Path, required=True, help=help)
+
+
+def add_batching_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    max_batch_size: int,
+    max_delay_ms: float | None = None,
+    instances: bool = False,
+) -> None:
+    """The config's batching knobs an exporter lets its caller set: ``--max-batch-size``, and
+    ``--max-delay-ms`` and ``--instances`` where the exporter takes them."""
+    p.add_argument("--max-batch-size", type=int, default=max_batch_size)
+    if max_delay_ms is not None:
+        p.add_argument("--max-delay-ms", type=float, default=max_delay_ms)
+    if instances:
+        add_instances_argument(p)
 
 
 def add_instances_argument(p: argparse.ArgumentParser) -> None:
@@ -130,6 +160,60 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
     return {}
 
 
+def stage_files(
+    folder: Path,
+    config: Mapping[str, Any],
+    *,
+    labels: Sequence[str] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+) -> None:
+    """Write ``config.yaml`` (naming ``labels.txt`` when there are ``labels``), ``labels.txt``
+    and the extra files (name → source) into the existing ``folder``."""
+    config = dict(config)
+    if labels is not None:
+        (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        config["labels"] = "labels.txt"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, folder / name)
+
+
+def serving_processor(
+    config: Mapping[str, Any],
+    kind: type[P],
+    *,
+    name: str,
+    labels: Sequence[str] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+) -> P:
+    """The processor the service builds for a model folder holding ``config``: the folder is
+    staged in a temporary place (config, labels and ``extra_files`` such as the tokenizer, no
+    graph), read back with the service's ``load_model_config`` and built by the one factory
+    (``service.tasks.factory.processor_for``), as the registry does, so the export's checks
+    prepare inputs and decode outputs exactly as serving will. ``kind`` is the processor class
+    the caller needs; anything else is an ``ExportError``."""
+    from service.model_config import ConfigError, load_model_config
+    from service.tasks.factory import processor_for
+
+    with tempfile.TemporaryDirectory(prefix=".export-check-") as tmp:
+        folder = Path(tmp) / name
+        folder.mkdir()
+        stage_files(folder, config, labels=labels, extra_files=extra_files)
+        try:
+            model_config, resolved = load_model_config(folder)
+            processor = processor_for(
+                folder, model_config, resolved, max_image_pixels=MAX_IMAGE_PIXELS
+            )
+        except ConfigError as exc:
+            raise ExportError(f"the export's config does not validate: {exc}") from exc
+    if not isinstance(processor, kind):
+        raise ExportError(
+            f"{name}: the service serves this config with a {type(processor).__name__}, "
+            f"not a {kind.__name__}"
+        )
+    return processor
+
+
 def write_model_folder(
     out: Path,
     model: onnx.ModelProto,
@@ -154,16 +238,8 @@ def write_model_folder(
     staging = staging_root / out.name
     staging.mkdir()
     try:
-        config = dict(config)
-        if labels is not None:
-            (staging / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
-            config["labels"] = "labels.txt"
-        (staging / "config.yaml").write_text(
-            yaml.safe_dump(config, sort_keys=False), encoding="utf-8"
-        )
+        stage_files(staging, config, labels=labels, extra_files=extra_files)
         onnx.save(model, str(staging / "model.onnx"))
-        for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / name)
         (staging / "parity.json").write_text(json.dumps(parity, indent=2), encoding="utf-8")
         try:
             load_model_config(staging)

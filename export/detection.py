@@ -20,15 +20,29 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from export.classifiers import sample_images
-from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
+from export.common import (
+    DEFAULT_OPSET,
+    ExportError,
+    add_batching_arguments,
+    add_out_argument,
+    add_precision_argument,
+    export_onnx,
+    serving_processor,
+    set_metadata,
+    write_model_folder,
+)
+from export.fp16 import Found, detections_agree, to_fp16
 from export.quantize import add_quantize_arguments
-from export.verify import Found, check_parity, detections_agree, to_fp16
+from export.verify import check_parity
+
+if TYPE_CHECKING:
+    from service.tasks.imaging import ImageTask
 
 log = logging.getLogger("export")
 
@@ -105,16 +119,15 @@ FP16_SEG_LIMITS = {**FP16_LIMITS, "min_mask_iou": 0.95}
 FP16_CONFIDENCE = 0.25
 
 
-def yolo_shown(
-    processor: Any, task: str, fmt: str, output_names: list[str], labels: list[str], geos: list[Any]
-) -> Any:
+def yolo_shown(processor: ImageTask, geos: list[Any]) -> Any:
     """``(outputs of one image, its index) → Found``: the service's own detection (or -seg
-    instance) decoding, in pixels of the original image."""
+    instance) decoding by ``processor`` (the factory's, from the model's config), in pixels of
+    the original image."""
     from service.tasks.detection import DetectParams, DetectProcessor
     from service.tasks.segmentation import SegmentParams, SegmentProcessor, rle_decode
 
-    if task == "detect":
-        detector = DetectProcessor(processor, fmt, output_names, labels)
+    if isinstance(processor, DetectProcessor):
+        detector = processor
         params = DetectParams(confidence=FP16_CONFIDENCE)
 
         def detections(outputs: dict[str, np.ndarray], item: int) -> Found:
@@ -122,7 +135,9 @@ def yolo_shown(
             return Found(det.boxes, det.scores, det.class_ids)
 
         return detections
-    segmenter = SegmentProcessor(processor, fmt, output_names, labels)
+    if not isinstance(processor, SegmentProcessor):
+        raise ExportError(f"no fp16 check for a {type(processor).__name__}")
+    segmenter = processor
     seg_params = SegmentParams(confidence=FP16_CONFIDENCE)
 
     def instances(outputs: dict[str, np.ndarray], item: int) -> Found:
@@ -151,13 +166,15 @@ def export_yolo(
     """Export, check parity against PyTorch at batch 1 and 2 and write the model folder.
     ``precision="fp16"`` then converts it (IO stays float32) and checks it against fp32 with
     ``fp16_limits`` (default :data:`FP16_LIMITS`, or :data:`FP16_SEG_LIMITS` for -seg)."""
-    from service.model_config import ImagePreprocessing
-    from service.tasks.imaging import ImageProcessor
+    from service.tasks.imaging import ImageTask
 
     yolo = load_ultralytics(weights)
     task, fmt, n_outputs = _TASKS[yolo.task]
     output_names = ["output0", "output1"][:n_outputs]
     wrapper = _Predictions(yolo.model, n_outputs).eval()
+    with torch.no_grad():  # the output shapes depend on the input size only
+        result = wrapper(torch.zeros(1, 3, size, size))
+    shapes = [list(t.shape[1:]) for t in (result if isinstance(result, tuple) else (result,))]
     image = {
         "resize": "letterbox",
         "width": size,
@@ -165,8 +182,23 @@ def export_yolo(
         "stride": yolo.stride,
         "pad_value": 114,
     }
-    processor = ImageProcessor(ImagePreprocessing.model_validate(image), "images", max_pixels=10**8)
-    prepared = [processor.preprocess(j) for j in sample_images()]
+    kind = "segmentation" if task == "segment" else "detection"
+    config = {
+        "task": task,
+        "format": fmt,
+        "description": f"Ultralytics YOLO {kind} ({Path(weights).name})"
+        + (", fp16" if precision == "fp16" else ""),
+        "inputs": [{"name": "images", "dtype": "float32", "dims": [3, size, size]}],
+        "outputs": [
+            {"name": name, "dtype": "float32", "dims": dims}
+            for name, dims in zip(output_names, shapes, strict=True)
+        ],
+        "image": image,
+        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 256},
+    }
+    # the service's own processor for this config prepares the inputs and decodes the outputs
+    processor = serving_processor(config, ImageTask, name=out.name, labels=yolo.labels)
+    prepared = [processor.prepare(j) for j in sample_images()]
     tensors = [feeds["images"] for feeds, _ in prepared]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -182,9 +214,7 @@ def export_yolo(
         samples = [{"images": tensors[0][None]}, {"images": np.stack(tensors[:2])}]
         parity = check_parity(wrapper, path, samples, atol=1e-2, rtol=1e-4, name=out.name)
         if precision == "fp16":
-            shown = yolo_shown(
-                processor, task, fmt, output_names, yolo.labels, [g for _, g in prepared]
-            )
+            shown = yolo_shown(processor, [g for _, g in prepared])
             default = FP16_SEG_LIMITS if task == "segment" else FP16_LIMITS
             parity["fp16"], onnx_model = to_fp16(
                 path,
@@ -193,9 +223,6 @@ def export_yolo(
                 measure=detections_agree(shown, confidence=FP16_CONFIDENCE),
                 limits={**default, **(fp16_limits or {})},
             )
-        with torch.no_grad():
-            result = wrapper(torch.from_numpy(tensors[0][None]))
-    shapes = [list(t.shape[1:]) for t in (result if isinstance(result, tuple) else (result,))]
     set_metadata(
         onnx_model,
         {
@@ -209,20 +236,6 @@ def export_yolo(
             "precision": precision,
         },
     )
-    kind = "segmentation" if task == "segment" else "detection"
-    config = {
-        "task": task,
-        "format": fmt,
-        "description": f"Ultralytics YOLO {kind} ({Path(weights).name})"
-        + (", fp16" if precision == "fp16" else ""),
-        "inputs": [{"name": "images", "dtype": "float32", "dims": [3, size, size]}],
-        "outputs": [
-            {"name": name, "dtype": "float32", "dims": dims}
-            for name, dims in zip(output_names, shapes, strict=True)
-        ],
-        "image": image,
-        "batching": {"max_batch_size": max_batch_size, "max_delay_ms": 2, "max_queue_size": 256},
-    }
     write_model_folder(out, onnx_model, config, labels=yolo.labels, parity=parity)
     return parity
 
@@ -240,14 +253,9 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--size", type=int, default=640, help="square input size")
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
-    )
-    p.add_argument("--out", type=Path, required=True)
+    add_batching_arguments(p, max_batch_size=8)
+    add_precision_argument(p)
+    add_out_argument(p)
     p.set_defaults(
         run=lambda args: export_yolo(
             args.weights,

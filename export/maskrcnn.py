@@ -16,8 +16,9 @@ import torch
 
 from export.classifiers import sample_images
 from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
+from export.fp16 import Found, detections_agree, to_fp16
 from export.torchvision_models import labels_from_weights, load_model
-from export.verify import Found, check_parity, detections_agree, to_fp16
+from export.verify import check_parity
 
 INSTANCE = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 # fp16 against fp32, on the instances a client is shown (score ≥ 0.5, the service's default):

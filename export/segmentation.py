@@ -25,15 +25,20 @@ from export.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ExportError,
+    add_out_argument,
+    add_precision_argument,
     export_onnx,
+    serving_processor,
     set_metadata,
     write_model_folder,
 )
+from export.fp16 import class_maps_agree, to_fp16
+from export.labels import VOC_LABELS
 from export.maskrcnn import INSTANCE, export_maskrcnn
 from export.quantize import add_quantize_arguments
 from export.torchvision_models import labels_from_weights, load_model
 from export.unet import MobileUNet, UNet
-from export.verify import check_parity, class_maps_agree, to_fp16
+from export.verify import check_parity
 
 log = logging.getLogger("export")
 # fp16 against fp32: the class map a client gets (argmax of the logits) agrees on at least 99 %
@@ -46,29 +51,6 @@ SEMANTIC = (
     "deeplabv3_resnet101",
     "deeplabv3_mobilenet_v3_large",
 )
-VOC_LABELS = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
 
 
 class SemanticOut(torch.nn.Module):
@@ -96,9 +78,6 @@ def export_semantic(
     precision: str = "fp32",
     fp16_limits: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    from service.model_config import ImagePreprocessing
-    from service.tasks.imaging import ImageProcessor
-
     if arch not in SEMANTIC:
         raise ExportError(f"{arch!r} is not one of {SEMANTIC}")
     labels = labels or labels_from_weights(arch, weights, VOC_LABELS)
@@ -111,25 +90,69 @@ def export_semantic(
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     }
-    processor = ImageProcessor(ImagePreprocessing.model_validate(image), "input", max_pixels=10**8)
-    tensors = [processor.preprocess(j)[0]["input"] for j in sample_images()[:2]]
+    description = f"torchvision {arch}"
+    config = semantic_config(
+        labels=labels,
+        image=image,
+        description=description,
+        max_batch_size=max_batch_size,
+        max_queue_size=128,
+        precision=precision,
+    )
+    tensors = serving_samples(config, labels, name=out.name)
     return export_semantic_model(
         model,
         out,
         labels=labels,
-        samples=np.stack(tensors),
+        samples=tensors,
         image=image,
         source={
             "architecture": arch,
             "weights": weights or (checkpoint.name if checkpoint else "random-init"),
         },
-        description=f"torchvision {arch}",
+        description=description,
         max_batch_size=max_batch_size,
         max_queue_size=128,
         opset=opset,
         precision=precision,
         fp16_limits=fp16_limits,
     )
+
+
+def semantic_config(
+    *,
+    labels: list[str],
+    image: dict[str, Any],
+    description: str,
+    max_batch_size: int,
+    max_queue_size: int,
+    precision: str,
+) -> dict[str, Any]:
+    """The ``config.yaml`` of a semantic segmenter: ``input float32[B,3,H,W]`` prepared as
+    ``image`` says → ``logits float32[B,C,H,W]``."""
+    height, width = int(image["height"]), int(image["width"])
+    return {
+        "task": "segment",
+        "format": "semantic-logits",
+        "description": description + (", fp16" if precision == "fp16" else ""),
+        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, height, width]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), height, width]}],
+        "image": image,
+        "batching": {
+            "max_batch_size": max_batch_size,
+            "max_delay_ms": 2,
+            "max_queue_size": max_queue_size,
+        },
+    }
+
+
+def serving_samples(config: dict[str, Any], labels: list[str], *, name: str) -> np.ndarray:
+    """Two real photos as the service prepares them for the model ``config`` describes (its
+    processor, from the one factory): ``float32[2,3,H,W]``."""
+    from service.tasks.segmentation import SegmentProcessor
+
+    processor = serving_processor(config, SegmentProcessor, name=name, labels=labels)
+    return np.stack([processor.prepare(j)[0]["input"] for j in sample_images()[:2]])
 
 
 def export_semantic_model(
@@ -190,19 +213,14 @@ def export_semantic_model(
             "precision": precision,
         },
     )
-    config = {
-        "task": "segment",
-        "format": "semantic-logits",
-        "description": description + (", fp16" if precision == "fp16" else ""),
-        "inputs": [{"name": "input", "dtype": "float32", "dims": [3, height, width]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "dims": [len(labels), height, width]}],
-        "image": image,
-        "batching": {
-            "max_batch_size": max_batch_size,
-            "max_delay_ms": 2,
-            "max_queue_size": max_queue_size,
-        },
-    }
+    config = semantic_config(
+        labels=labels,
+        image=image,
+        description=description,
+        max_batch_size=max_batch_size,
+        max_queue_size=max_queue_size,
+        precision=precision,
+    )
     write_model_folder(out, onnx_model, config, labels=labels, parity=parity)
     return parity
 
@@ -274,9 +292,6 @@ def export_unet(
 ) -> dict[str, Any]:
     """A U-Net checkpoint (or, with ``checkpoint=None``, a randomly initialised one) → model
     folder; parity on real photos letterboxed as the service will feed them."""
-    from service.model_config import ImagePreprocessing
-    from service.tasks.imaging import ImageProcessor
-
     if size % 32:
         raise ExportError(f"U-Net input size must be a multiple of 32, got {size}")
     if checkpoint is None:
@@ -289,9 +304,15 @@ def export_unet(
     labels = labels or stored or [f"class{i}" for i in range(head.out_channels)]
     if len(labels) != head.out_channels:
         raise ExportError(f"{len(labels)} labels for a U-Net with {head.out_channels} classes")
-    spec = ImagePreprocessing.model_validate(unet_image(size))
-    processor = ImageProcessor(spec, "input", max_pixels=10**8)
-    tensors = np.stack([processor.preprocess(j)[0]["input"] for j in sample_images()[:2]])
+    config = semantic_config(
+        labels=labels,
+        image=unet_image(size),
+        description="U-Net",
+        max_batch_size=max_batch_size,
+        max_queue_size=256,
+        precision=precision,
+    )
+    tensors = serving_samples(config, labels, name=out.name)
     return export_unet_model(
         model,
         out,
@@ -326,13 +347,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--max-size", type=int, default=1333, help="Mask R-CNN: internal resize (longer side)"
     )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="fp16: weights and compute in float16 (IO stays float32), checked against fp32",
-    )
-    p.add_argument("--out", type=Path, required=True)
+    add_precision_argument(p)
+    add_out_argument(p)
     p.set_defaults(run=_run)
     add_quantize_arguments(p)
 

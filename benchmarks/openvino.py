@@ -39,8 +39,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from devtools.server import place
-
 CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 ARMS = ("cpu", "openvino")
@@ -108,6 +106,9 @@ def latency(repository: Path, samples: dict[str, list[Path]], seconds: float) ->
 
 # -- the driver ------------------------------------------------------------------------------------
 def make_repository(models: Path, names: list[str], root: Path, runtime: dict[str, Any]) -> None:
+    # here, not at the top: this module also runs in the OpenVINO venv, which has no httpx
+    from devtools.server import place
+
     for name in names:
         source, folder = models / name, root / name
         folder.mkdir(parents=True)

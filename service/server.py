@@ -7,7 +7,7 @@ request deadline only starts once the app runs. ``GuardedProtocol`` adds, per co
 - a **header timeout** from the first byte (or from accept) to the end of the headers: past it
   the client gets a bare ``408`` and the connection is closed;
 - the **first byte's time** in the scope (``FIRST_BYTE``), so that the body deadline
-  (``BodyLimitMiddleware``) and the inference deadline (``api.deps.budget_for``) count from it;
+  (``BodyLimitMiddleware``) and the inference deadline (``Core.begin``) count from it;
 - the request's **client state** in the scope (``CLIENT``): the connection's loss, so that the
   batcher's disconnect checks are an attribute read;
 - the **open connections** in the scope (``OPEN_CONNECTIONS``), so that ``ConnectionLimitMiddleware``

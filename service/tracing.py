@@ -317,6 +317,35 @@ def log_fields() -> dict[str, str | bool]:
 
 
 # -- the server span ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def rpc_span(service: str, method: str, metadata: Mapping[str, str]) -> Iterator[Any]:
+    """A server span for one gRPC call (``rpc.system`` grpc), continuing a ``traceparent`` from
+    its metadata; current for the block, so the call's own spans are its children. Yields the
+    span (None when tracing is off) for the caller's status and model attributes."""
+    tracer = _tracer
+    if tracer is None:
+        yield None
+        return
+    carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
+    propagator = TraceContextTextMapPropagator()
+    server = tracer.start_span(
+        f"{service}/{method}",
+        context=propagator.extract(carrier) if carrier else None,
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+    )
+    token = otel_context.attach(otel_trace.set_span_in_context(server))
+    try:
+        yield server
+    except BaseException as exc:
+        if server.is_recording():
+            server.record_exception(exc)
+        raise
+    finally:
+        otel_context.detach(token)
+        server.end()
+
+
 class TracingMiddleware:
     """A server span per HTTP request (not for probes), continuing an incoming W3C
     ``traceparent``; status, route and model set when the answer is known. Installed only when

@@ -22,6 +22,7 @@ import grpc
 import orjson
 from google.protobuf import json_format
 
+from service import tracing
 from service.api.v2_codec import decoder, parse_body, raw_request
 from service.context import RequestContext
 from service.core import Core
@@ -48,6 +49,13 @@ R = TypeVar("R")
 
 def _version(version: str) -> str | None:
     return version or None  # the protocol's empty version: the latest
+
+
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's text metadata (a ``traceparent`` among it)."""
+    return {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -83,9 +91,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = name
 
         try:
-            ctx = self._begin(context, management=management)
-            ctx.on_model = label
-            return await operation(ctx)
+            with tracing.rpc_span(SERVICE, method, _metadata(context)) as span:
+                try:
+                    ctx = self._begin(context, management=management)
+                    ctx.on_model = label
+                    return await operation(ctx)
+                finally:
+                    if span is not None and span.is_recording() and model:
+                        span.set_attribute("ortserve.model", model)
         except ServiceError as exc:
             code, status, message = grpc.StatusCode[exc.grpc_code], exc.status_code, exc.message
             if status >= 500:

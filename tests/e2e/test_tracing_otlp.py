@@ -174,3 +174,35 @@ def test_ratio_zero_traces_only_what_the_caller_sampled(repository: Path) -> Non
         spans = receiver.wait_for(lambda got: bool(servers_of(got)))
         assert {s.trace_id for s in spans} == {TRACE_ID}
         assert len(servers_of(spans)) == 1
+
+
+def test_a_grpc_call_is_a_server_span_continuing_the_callers_trace(repository: Path) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (dev)")
+    import numpy as np
+
+    from tests.support.server import free_port
+
+    port = free_port()
+    with (
+        otlp_receiver() as receiver,
+        running_server(
+            repository, extra_env=otel_env(receiver), grpc_port=str(port), **TINY_DEFAULTS
+        ),
+    ):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        image = grpcclient.InferInput("input", [1, 3, 32, 32], "FP32")
+        image.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float32))
+        client.infer(
+            "tiny-classifier",
+            [image],
+            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        )
+        spans = receiver.wait_for(lambda got: any(s.kind == SERVER for s in got))
+    (root,) = servers_of(spans)
+    assert root.name == "inference.GRPCInferenceService/ModelInfer"
+    assert (root.trace_id, root.parent_id) == (TRACE_ID, PARENT_ID)
+    assert root.attributes["rpc.system"] == "grpc"
+    assert root.attributes["ortserve.model"] == "tiny-classifier"
+    # the call's own spans are its children: its wait in the model's queue (the batch's span,
+    # linked to it, is a trace of its own)
+    assert "  queue" in [line.rsplit(" ", 2)[0] for line in tree(spans, root)]

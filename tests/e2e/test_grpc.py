@@ -427,3 +427,46 @@ def test_raw_images_and_texts_over_grpc_answer_what_the_typed_endpoints_answer(
     with pytest.raises(InferenceServerException) as info:
         c.infer("tiny-classifier", [_raw_input("image", [b"not an image"])])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_a_cancelled_call_is_counted_as_a_client_gone_and_the_server_goes_on(
+    server: tuple[Server, str],
+) -> None:
+    srv, target = server
+
+    async def cancel_one() -> None:
+        c = grpcclient_aio.InferenceServerClient(target)
+        try:
+            call = asyncio.ensure_future(
+                c.infer("slow", [tensor("input", images(1, 99))], client_timeout=30)
+            )
+            await asyncio.sleep(0.03)  # queued or running on the slow model
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            await c.close()
+
+    def cancelled() -> float:
+        metrics = httpx.get(f"{srv.url}/metrics", timeout=5).text
+        rows = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("ortserve_requests_total")
+            and "ModelInfer" in line
+            and 'status="499"' in line
+        ]
+        return sum(float(row.rsplit(" ", 1)[1]) for row in rows)
+
+    before = cancelled()  # an earlier test's expired deadline may have counted one already
+    asyncio.run(cancel_one())
+    for _ in range(50):  # the server notices the cancellation when the call's task ends
+        if cancelled() >= before + 1:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert cancelled() == before + 1
+    c = client(target)
+    assert (
+        c.infer("slow", [tensor("input", images(1))], client_timeout=30).as_numpy("logits")
+        is not None
+    )

@@ -39,6 +39,18 @@ class RequestContext:
         self.inference_ms = max(self.inference_ms, result.inference_ms)
         self.batch_sizes.append(result.batch_size)
 
+    def timings(self) -> list[tuple[str, str]]:
+        """The runs' timing as (name, value) pairs: HTTP headers, gRPC trailing metadata."""
+        rows = [
+            ("x-queue-time-ms", f"{self.queue_ms:.2f}"),
+            ("x-inference-time-ms", f"{self.inference_ms:.2f}"),
+        ]
+        if self.batch_sizes:
+            rows.append(("x-batch-size", str(max(self.batch_sizes))))
+        if self.model_version is not None:
+            rows.append(("x-model-version", str(self.model_version)))
+        return rows
+
     def stage(self) -> RequestContext:
         """The same request (deadline, disconnect check, caller) with timings of its own: one
         stage of a pipeline."""

@@ -5,6 +5,7 @@ deadline and disconnect check) and the timing headers. Everything past parsing h
 from __future__ import annotations
 
 import binascii
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -12,6 +13,7 @@ import pybase64
 from fastapi import Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.types import Scope
 
 from service.auth import Caller
 from service.context import RequestContext
@@ -23,6 +25,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
 )
 from service.middleware import CLIENT, ClientState, first_byte_time
+from service.runtime.batcher import DisconnectCheck
 from service.schemas.common import ImageInputs
 from service.settings import Settings
 
@@ -43,13 +46,6 @@ def core_of(request: Request) -> Core:
     return core
 
 
-def caller_of(request: Request) -> Caller:
-    client = request.client
-    return Caller.from_authorization(
-        client.host if client is not None else None, request.headers.get("authorization", "")
-    )
-
-
 def requested_timeout_s(header: str | None) -> float | None:
     """``x-request-timeout-ms`` in seconds; NaN when it is not a number (the core refuses it
     once the caller's key is checked)."""
@@ -65,31 +61,49 @@ def context_for(request: Request, *, management: bool = False) -> RequestContext
     """The request's context from the core (which checks the caller's key first): the
     server's deadline, or shorter if the client asks (``x-request-timeout-ms``), counted from
     the first byte; its disconnect check; and the model it uses labels its metrics."""
-    client = request.scope.get(CLIENT)  # set by our server's protocol; not under test clients
-    ctx = core_of(request).begin(
-        caller_of(request),
-        started=first_byte_time(request.scope),  # the body's arrival counts too
-        timeout_s=requested_timeout_s(request.headers.get(TIMEOUT_HEADER)),
-        is_disconnected=(
-            client.is_disconnected if isinstance(client, ClientState) else request.is_disconnected
-        ),
+    return scope_context(
+        core_of(request),
+        request.scope,
+        request.headers,
+        management=management,
+        disconnected=request.is_disconnected,
+    )
+
+
+def scope_context(
+    core: Core,
+    scope: Scope,
+    headers: Mapping[str, str],
+    *,
+    management: bool = False,
+    disconnected: DisconnectCheck | None = None,
+) -> RequestContext:
+    """``context_for`` from the ASGI scope and its headers (the FastAPI routes and the fast
+    path alike). ``disconnected`` is the check where the server's protocol left none (test
+    clients); the model the request uses labels its metrics (``scope["state"]``)."""
+    client = scope.get("client")
+    caller = Caller.from_authorization(
+        client[0] if client else None, headers.get("authorization", "")
+    )
+    state = scope.get(CLIENT)  # set by our server's protocol; not under test clients
+    ctx = core.begin(
+        caller,
+        started=first_byte_time(scope),  # the body's arrival counts too
+        timeout_s=requested_timeout_s(headers.get(TIMEOUT_HEADER)),
+        is_disconnected=state.is_disconnected if isinstance(state, ClientState) else disconnected,
         management=management,
     )
 
     def label(model: str) -> None:
-        request.state.model = model
+        scope.setdefault("state", {})["model"] = model
 
     ctx.on_model = label
     return ctx
 
 
-def timing_headers(response: Response, budget: RequestContext) -> None:
-    response.headers["x-queue-time-ms"] = f"{budget.queue_ms:.2f}"
-    response.headers["x-inference-time-ms"] = f"{budget.inference_ms:.2f}"
-    if budget.batch_sizes:
-        response.headers["x-batch-size"] = str(max(budget.batch_sizes))
-    if budget.model_version is not None:
-        response.headers["x-model-version"] = str(budget.model_version)
+def timing_headers(response: Response, ctx: RequestContext) -> None:
+    for name, value in ctx.timings():
+        response.headers[name] = value
 
 
 def _b64decode(value: str, index: int) -> bytes:

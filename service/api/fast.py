@@ -22,10 +22,9 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import TIMEOUT_HEADER, parse_json, requested_timeout_s
+from service.api.deps import parse_json, scope_context
 from service.api.embed import answer_embed
 from service.api.v2 import HEADER_LENGTH, answer_infer, infer_headers
-from service.auth import Caller
 from service.context import RequestContext
 from service.core import Core
 from service.errors import (
@@ -35,7 +34,7 @@ from service.errors import (
     validation_details,
     validation_summary,
 )
-from service.middleware import CLIENT, ClientState, first_byte_time, request_id_var
+from service.middleware import request_id_var
 from service.schemas.embed import EmbedRequest
 
 log = logging.getLogger("service")
@@ -122,8 +121,7 @@ class FastPath:
             return await self.app(scope, receive, send)
         headers = _headers(scope)
         try:
-            ctx = _context(core, scope, headers)
-            ctx.on_model = lambda model: _label(scope, model)
+            ctx = scope_context(core, scope, headers)
             core.entry(ctx, name)  # 404 before the body is read
             body, length = await answer_infer(
                 core,
@@ -148,8 +146,7 @@ class FastPath:
             return await self.app(scope, receive, send)
         headers = _headers(scope)
         try:
-            ctx = _context(core, scope, headers)
-            ctx.on_model = lambda model: _label(scope, model)
+            ctx = scope_context(core, scope, headers)
             media = headers.get("content-type", "").partition(";")[0].strip().lower()
             if media not in ("application/json", ""):
                 raise UnsupportedMediaTypeError("send an application/json body")
@@ -172,24 +169,6 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-def _context(core: Core, scope: Scope, headers: dict[str, str]) -> RequestContext:
-    client = scope.get("client")
-    caller = Caller.from_authorization(
-        client[0] if client else None, headers.get("authorization", "")
-    )
-    state = scope.get(CLIENT)
-    return core.begin(
-        caller,
-        started=first_byte_time(scope),
-        timeout_s=requested_timeout_s(headers.get(TIMEOUT_HEADER)),
-        is_disconnected=state.is_disconnected if isinstance(state, ClientState) else None,
-    )
-
-
-def _label(scope: Scope, model: str) -> None:
-    scope.setdefault("state", {})["model"] = model
-
-
 async def _body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -200,15 +179,7 @@ async def _body(receive: Receive) -> bytes:
 
 
 def _timing(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
-    head = [
-        (b"x-queue-time-ms", f"{ctx.queue_ms:.2f}".encode()),
-        (b"x-inference-time-ms", f"{ctx.inference_ms:.2f}".encode()),
-    ]
-    if ctx.batch_sizes:
-        head.append((b"x-batch-size", str(max(ctx.batch_sizes)).encode()))
-    if ctx.model_version is not None:
-        head.append((b"x-model-version", str(ctx.model_version).encode()))
-    return head
+    return [(name.encode(), value.encode()) for name, value in ctx.timings()]
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

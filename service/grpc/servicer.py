@@ -330,12 +330,4 @@ def _statistics(stats: Any, model: LoadedModel) -> None:
 
 def _timing(ctx: RequestContext) -> tuple[tuple[str, str], ...]:
     """The HTTP front end's timing headers, as trailing metadata."""
-    rows = [
-        ("x-queue-time-ms", f"{ctx.queue_ms:.2f}"),
-        ("x-inference-time-ms", f"{ctx.inference_ms:.2f}"),
-    ]
-    if ctx.batch_sizes:
-        rows.append(("x-batch-size", str(max(ctx.batch_sizes))))
-    if ctx.model_version is not None:
-        rows.append(("x-model-version", str(ctx.model_version)))
-    return tuple(rows)
+    return tuple(ctx.timings())

@@ -24,11 +24,10 @@ from service.api.deps import context_for, core_of, settings_of, timing_headers
 from service.api.openapi import json_body
 from service.api.v2_codec import (
     decoder,
-    encode_raw,
     encode_response,
     parse_body,
-    raw_request,
 )
+from service.api.v2_raw import encode_raw, raw_request
 from service.context import RequestContext
 from service.core import Core
 from service.schemas.common import error_responses

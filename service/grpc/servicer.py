@@ -23,7 +23,8 @@ import orjson
 from google.protobuf import json_format
 
 from service import tracing
-from service.api.v2_codec import decoder, parse_body, raw_request
+from service.api.v2_codec import decoder, parse_body
+from service.api.v2_raw import raw_request
 from service.context import RequestContext
 from service.core import Core
 from service.errors import (

@@ -22,10 +22,10 @@ import orjson
 from service.api.v2_codec import (
     V2_DTYPES,
     DecodedRequest,
-    RawRequest,
     output_arrays,
     v2_datatype,
 )
+from service.api.v2_raw import RawRequest
 from service.core.raw import RawOutput
 from service.errors import BadRequestError
 from service.grpc.protos import grpc_service_pb2 as pb

@@ -106,7 +106,8 @@ bench-gpu: $(GPU_VENV)/.installed $(GPU_MODELS)/resnet50/model.onnx
 # The correctness soak (scripts/soak.py): every model and the pipeline under mixed traffic from
 # several client processes, a model (or the pipeline, or a flip of a two-version model) reloaded
 # every 10 s, hostile requests and vanishing or slow clients mixed in; every 200 is compared with a
-# reference computed in-process by the service's own code (scripts/soak_check.py). Fails on any
+# reference computed in-process by the service's own code (scripts/soak_check.py; the traffic:
+# scripts/soak_traffic.py). Fails on any
 # mismatch, any 5xx, or RSS growth after the warm-up over max(100 MiB, 10 %). SOAK_S=3600 for an
 # hour. The 2-minute warm-up lets ONNX Runtime's arenas reach every shape the traffic produces
 # (text lengths, Mask R-CNN image sizes): with 20 s, 3 minutes grew +119 MiB and flattened.

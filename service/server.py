@@ -39,6 +39,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api.fast import LIVE_BODIES
 from service.middleware import CLIENT, FIRST_BYTE, OPEN_CONNECTIONS, ClientState
 from service.settings import Settings
 
@@ -168,9 +169,6 @@ def make_protocol(settings: Settings, fd_limit: int) -> type[GuardedProtocol]:
     )
 
 
-_LIVE = {"/health/live": b'{"status":"ok"}', "/v2/health/live": b'{"live":true}'}
-
-
 class ProbeFront:
     """The liveness probes, answered before the app: they say the process and its event loop
     are up, nothing more, so they skip the request id, the access log and the metrics that a
@@ -182,7 +180,7 @@ class ProbeFront:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            body = _LIVE.get(scope["path"])
+            body = LIVE_BODIES.get(scope["path"])
             if body is not None:
                 head = [
                     (b"content-type", b"application/json"),

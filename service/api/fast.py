@@ -39,8 +39,11 @@ from service.schemas.embed import EmbedRequest
 
 log = logging.getLogger("service")
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
-_LIVE = orjson.dumps({"status": "ok"})
-_V2_LIVE = orjson.dumps({"live": True})
+# the liveness probes' answers (service.server.ProbeFront answers them before the app too)
+LIVE_BODIES = {
+    "/health/live": orjson.dumps({"status": "ok"}),
+    "/v2/health/live": orjson.dumps({"live": True}),
+}
 
 
 class RouteLabel:
@@ -75,10 +78,9 @@ class FastPath:
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
             if method == "GET":
-                if path == "/health/live":
-                    return await self._probe(scope, send, path, 200, _LIVE)
-                if path == "/v2/health/live":
-                    return await self._probe(scope, send, path, 200, _V2_LIVE)
+                live = LIVE_BODIES.get(path)
+                if live is not None:
+                    return await self._probe(scope, send, path, 200, live)
                 if path in ("/health/ready", "/v2/health/ready"):
                     return await self._ready(scope, send, path)
             elif method == "POST" and path.startswith("/v2/models/"):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,7 +106,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, INTERNAL_MESSAGE, "internal_error")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+RegistryFactory = Callable[[Settings, Metrics], ModelRegistry]
+
+
+def create_app(
+    settings: Settings | None = None, *, registry_factory: RegistryFactory | None = None
+) -> FastAPI:
+    """The app; ``registry_factory`` makes its registry in the lifespan (a worker process's
+    ``MirrorRegistry``; by default a ``ModelRegistry`` that loads the repository itself)."""
     settings = settings or Settings()
 
     metrics = Metrics(settings.request_timeout_s)
@@ -118,7 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_workers, thread_name_prefix="preprocess"
         )
-        registry = ModelRegistry(settings, observer=metrics)
+        registry = (
+            registry_factory(settings, metrics)
+            if registry_factory is not None
+            else ModelRegistry(settings, observer=metrics)
+        )
         metrics.watch(registry)
         core = Core(settings, registry, pool, guard)
         app.state.core = core
@@ -128,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.start()
         watcher = (
             asyncio.get_running_loop().create_task(registry.watch(), name="repository-poll")
-            if settings.model_control == "poll"
+            if registry.watches
             else None
         )
         core.started = True

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import sys
 from typing import Any
 
@@ -42,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.api.fast import LIVE_BODIES
 from service.middleware import CLIENT, FIRST_BYTE, OPEN_CONNECTIONS, ClientState
 from service.settings import Settings
+from service.workers import Workers
 
 log = logging.getLogger("service")
 uvicorn_log = logging.getLogger("uvicorn.error")
@@ -198,15 +200,29 @@ class LiveAtOnceServer(uvicorn.Server):
     Shutdown keeps uvicorn's order: stop accepting, finish the requests, then the lifespan's
     shutdown (drain the batchers)."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: Any, workers: Workers | None = None) -> None:
         super().__init__(config)
         self.app = app
         self.startup_failed = False
+        self.workers = workers  # started once the models are warm, stopped first
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        # the workers finish their requests (on this process's sessions) while this one does
+        if self.workers is not None and self.app_settings is not None:
+            grace = self.app_settings.request_timeout_s + 10.0
+            await asyncio.gather(super().shutdown(sockets), self.workers.stop(grace))
+        else:
+            await super().shutdown(sockets)
+
+    @property
+    def app_settings(self) -> Settings | None:
+        settings: Settings | None = getattr(self.app.state, "settings", None)
+        return settings
 
     async def _serve(self, sockets: Any = None) -> None:
         # inside uvicorn's capture_signals (serve), which re-raises SIGTERM once this returns:
         # the lifespan's shutdown must be done by then
-        settings: Settings | None = getattr(self.app.state, "settings", None)
+        settings = self.app_settings
         grpc_server = None
         if settings is not None and settings.grpc_port:
             # the gRPC front end (service.grpc) on this loop, open at once like the HTTP port;
@@ -238,6 +254,12 @@ class LiveAtOnceServer(uvicorn.Server):
             async with self.app.router.lifespan_context(self.app):
                 started = True
                 uvicorn_log.info("Application startup complete.")
+                if self.workers is not None and not self.should_exit:
+                    # ready once every process on the port is: a probe may reach any of them
+                    core = self.app.state.core
+                    core.started = False
+                    await self.workers.start(core)
+                    core.started = True
                 await stop.wait()
                 uvicorn_log.info("Waiting for application shutdown.")
             uvicorn_log.info("Application shutdown complete.")
@@ -250,7 +272,30 @@ class LiveAtOnceServer(uvicorn.Server):
             self.should_exit = True
 
 
-def run(app: Any, settings: Settings) -> None:
+def shared_socket(host: str, port: int, *, first: bool) -> socket.socket:
+    """A listening socket that this server's other processes bind too (SO_REUSEPORT: the kernel
+    spreads new connections over them); port 0 picks a free one. The ``first`` (the owner's)
+    binds the port without SO_REUSEPORT before, so that another server already on it is an
+    error ("address in use"), not a silent share of its traffic."""
+    family, kind, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    if first:
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+            address = (address[0], probe.getsockname()[1], *address[2:])
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    return sock
+
+
+def run(app: Any, settings: Settings, *, worker: bool = False) -> None:
+    """Serve ``app``: the one process, or with ``settings.workers`` > 1 the model owner (which
+    starts the workers) or, with ``worker``, one of its workers (``service.workers``)."""
     fd_limit = raise_fd_limit()
     log.info(
         "file descriptors: %d; connections: 503 past %d, refused at accept past %d",
@@ -270,7 +315,17 @@ def run(app: Any, settings: Settings) -> None:
         access_log=False,  # service.access logs each request with its id and model
         log_config=None,  # keep the handler configured by the caller (JSON or text)
     )
-    server = LiveAtOnceServer(config, app)
-    server.run()
+    sockets = None
+    workers = None
+    if settings.workers > 1:
+        try:
+            sockets = [shared_socket(settings.host, settings.port, first=not worker)]
+        except OSError as exc:
+            log.error("could not bind %s:%d: %s", settings.host, settings.port, exc)
+            sys.exit(1)
+        if not worker:
+            workers = Workers(settings, sockets[0].getsockname()[1])
+    server = LiveAtOnceServer(config, app, workers)
+    server.run(sockets=sockets)
     if server.startup_failed:
         sys.exit(3)

@@ -75,6 +75,18 @@ class Settings(BaseSettings):
             "the same host; 0 turns it off."
         ),
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "HTTP processes on the port. Above 1, this process owns every model (one ONNX "
+            "Runtime session each, one CUDA context per device) and workers-1 more processes "
+            "share the port (SO_REUSEPORT), each parsing, decoding, batching and encoding in "
+            "parallel and running its batches on the owner's sessions. gRPC and the repository "
+            "poll stay in the owner."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one object per line."

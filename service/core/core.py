@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,6 +85,9 @@ class Core:
         self.guard = guard
         self.inference = Inference(registry, pool, settings)
         self.started = False  # start-up (load + warm-up) done; readiness waits for it
+        # with worker processes (service.workers): until each has followed a change of the model
+        # set, so that a load or unload answered means every process on the port serves it
+        self.settled: Callable[[], Awaitable[None]] | None = None
 
     # -- contexts ------------------------------------------------------------------------------
     def begin(
@@ -235,12 +238,22 @@ class Core:
         self._control(ctx, "load", ("explicit", "poll"))
         if not _NAME.fullmatch(name):
             raise BadRequestError(f"{name!r} is not a valid model name")
-        entry = await self.registry.load_model(name, override)
+        try:
+            entry = await self.registry.load_model(name, override)
+        finally:
+            await self._settled()
         return sorted(entry.serving)
 
     async def unload(self, ctx: RequestContext, name: str) -> None:
         self._control(ctx, "unload", ("explicit",))
-        await self.registry.unload_model(name)
+        try:
+            await self.registry.unload_model(name)
+        finally:
+            await self._settled()
+
+    async def _settled(self) -> None:
+        if self.settled is not None:
+            await self.settled()
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(

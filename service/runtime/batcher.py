@@ -186,6 +186,11 @@ class DynamicBatcher(Generic[In, Out]):
     def instances(self) -> int:
         return len(self._instances)
 
+    def executor(self, instance: int) -> ThreadPoolExecutor:
+        """Instance ``instance``'s model thread: the model owner runs worker processes' batches
+        on it (``service.runtime.owner``), so they take turns with this batcher's own."""
+        return self._instances[instance].executor
+
     def _on_collector_done(self, task: asyncio.Task[None]) -> None:
         self._died(task, "batch collector stopped")
 

@@ -22,6 +22,7 @@ from service.runtime.session import (
     OPENVINO,
     OrtSession,
     Provider,
+    Session,
     SessionError,
     cores_per_session,
     runtime_providers,
@@ -38,10 +39,13 @@ P = TypeVar("P")
 
 
 class Usage:
-    """How many requests hold a model right now; ``drained`` waits until none does."""
+    """How many requests hold a model right now, and how many worker processes mirror it
+    (``holds``: their requests run on this process's sessions); ``drained`` waits until
+    neither does."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.holds = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -51,7 +55,18 @@ class Usage:
 
     def release(self) -> None:
         self.count -= 1
-        if self.count == 0:
+        self._settle()
+
+    def hold(self) -> None:
+        self.holds += 1
+        self._idle.clear()
+
+    def unhold(self) -> None:
+        self.holds -= 1
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.count == 0 and self.holds == 0:
             self._idle.set()
 
     async def drained(self) -> None:
@@ -60,17 +75,19 @@ class Usage:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """One serving version: its config, ONNX session, task processor and batcher."""
+    """One serving version: its config, ONNX session(s) (one per instance; ``session`` is the
+    first), task processor and batcher."""
 
     name: str
     version: int
     folder: Path
     config: ModelConfig
     labels: tuple[str, ...]
-    session: OrtSession
+    session: Session
     processor: Processor
     batcher: DynamicBatcher[Feeds, Outputs]
     usage: Usage = field(default_factory=Usage, compare=False)
+    sessions: tuple[Session, ...] = field(default=(), compare=False)
 
     @property
     def task(self) -> str:
@@ -190,15 +207,7 @@ def build_model(
     ]
     validate_against_graph(config, list(labels), session)
     processor = processor_for(folder, config, labels, max_image_pixels=settings.max_image_pixels)
-    runners: list[Runner] = []
-    for each in sessions:
-        plain = BatchRunner(
-            each.run,
-            batched=config.batched,
-            collate=processor.collate,
-            bucket_by=processor.bucket_by,
-        )
-        runners.append(ShapeGroups(plain) if spec.group_by_shape and config.batched else plain)
+    runners = _runners(config, processor, sessions)
     # warm-up at the largest batch the batcher will form, so the first request is not slow;
     # one item first, so that a graph that cannot run at all fails before the big batch is built
     feeds = warmup_feeds(config)
@@ -210,19 +219,6 @@ def build_model(
             runner([feeds] * largest)
     except Exception as exc:
         raise SessionError(f"model {name!r}: warm-up run failed: {exc}") from exc
-    batcher: DynamicBatcher[Feeds, Outputs] = DynamicBatcher(
-        name,
-        runners,
-        max_batch_size=config.batching.max_batch_size,
-        max_delay_ms=config.batching.max_delay_ms,
-        max_queue_size=config.batching.max_queue_size,
-        observer=observer,
-        trace_attributes={
-            "ortserve.model": name,
-            "ortserve.model.version": version,
-            "ortserve.provider": session.provider,
-        },
-    )
     log.info(
         "model %s version %d: %s/%s on %s, max_batch_size=%d, instances=%d",
         name,
@@ -233,7 +229,79 @@ def build_model(
         config.batching.max_batch_size,
         config.batching.instances,
     )
-    return LoadedModel(name, version, folder, config, tuple(labels), session, processor, batcher)
+    return _assemble(folder, config, labels, version, sessions, processor, runners, observer)
+
+
+def mirror_model(
+    folder: Path,
+    config: ModelConfig,
+    labels: Sequence[str],
+    *,
+    version: int,
+    settings: Settings,
+    sessions: Sequence[Session],
+    observer: BatchObserver | None = None,
+) -> LoadedModel:
+    """A worker process's copy of a version the model owner built (``service.runtime.mirror``):
+    the owner's config (already completed from the graph, checked and warmed up there) with a
+    processor and a batcher of this process, and ``sessions`` that run on the owner's."""
+    processor = processor_for(folder, config, labels, max_image_pixels=settings.max_image_pixels)
+    runners = _runners(config, processor, sessions)
+    return _assemble(folder, config, labels, version, sessions, processor, runners, observer)
+
+
+def _runners(
+    config: ModelConfig, processor: Processor, sessions: Sequence[Session]
+) -> list[Runner]:
+    """One batch runner per session (instance): collate → run → split."""
+    group = task_spec(config.task).group_by_shape and config.batched
+    runners: list[Runner] = []
+    for each in sessions:
+        plain = BatchRunner(
+            each.run,
+            batched=config.batched,
+            collate=processor.collate,
+            bucket_by=processor.bucket_by,
+        )
+        runners.append(ShapeGroups(plain) if group else plain)
+    return runners
+
+
+def _assemble(
+    folder: Path,
+    config: ModelConfig,
+    labels: Sequence[str],
+    version: int,
+    sessions: Sequence[Session],
+    processor: Processor,
+    runners: list[Runner],
+    observer: BatchObserver | None,
+) -> LoadedModel:
+    name = config.name
+    batcher: DynamicBatcher[Feeds, Outputs] = DynamicBatcher(
+        name,
+        runners,
+        max_batch_size=config.batching.max_batch_size,
+        max_delay_ms=config.batching.max_delay_ms,
+        max_queue_size=config.batching.max_queue_size,
+        observer=observer,
+        trace_attributes={
+            "ortserve.model": name,
+            "ortserve.model.version": version,
+            "ortserve.provider": sessions[0].provider,
+        },
+    )
+    return LoadedModel(
+        name,
+        version,
+        folder,
+        config,
+        tuple(labels),
+        sessions[0],
+        processor,
+        batcher,
+        sessions=tuple(sessions),
+    )
 
 
 def describe_failure(name: str, exc: BaseException) -> str:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +78,9 @@ class ModelRegistry(Lookup):
         self._retiring: set[asyncio.Task[None]] = set()
         self._scans = PollScans()
         self._adoption = PipelineAdoption(settings, self.models, self.pipelines)
+        # told the name of each model or pipeline whose serving set or status has just changed
+        # (the model owner tells its worker processes: ``service.runtime.owner``)
+        self.listeners: list[Callable[[str], None]] = []
 
     @property
     def root(self) -> Path:
@@ -119,6 +123,15 @@ class ModelRegistry(Lookup):
                 observer=observer,
             )
         return built
+
+    @property
+    def watches(self) -> bool:
+        """Whether ``watch`` should run beside the server (poll mode)."""
+        return self.settings.model_control == "poll"
+
+    def _changed(self, name: str) -> None:
+        for listener in self.listeners:
+            listener(name)
 
     def _failed(self, entry: ModelEntry, exc: BaseException) -> str:
         """Record a failed build on ``entry`` (its serving versions stay), log and count it;
@@ -225,6 +238,7 @@ class ModelRegistry(Lookup):
             except Exception as exc:
                 error = self._failed(entry, exc)
                 self._adoption.rebind(await self._adoption.read_folder_tasks())
+                self._changed(name)
                 raise LoadFailedError(error) from None
             folder_tasks = await self._adoption.read_folder_tasks()
             seconds = time.perf_counter() - started
@@ -233,6 +247,7 @@ class ModelRegistry(Lookup):
             if self.pipelines.pop(name, None) is not None:  # the folder was a pipeline's
                 log.info("pipeline %s: replaced by a model of that name", name)
             self._adoption.rebind(folder_tasks)
+            self._changed(name)
             log.info(
                 "model %s: serving versions %s (loaded in %.1f s)", name, sorted(built), seconds
             )
@@ -264,8 +279,10 @@ class ModelRegistry(Lookup):
                 log.error("load failed: %s", exc)
                 if self._observer:
                     self._observer.load_failed(name)
+                self._changed(name)
                 raise LoadFailedError(str(exc)) from None
             replaced = self.models.pop(name, None)  # the folder was a model's
+            self._changed(name)
             log.info("pipeline %s: loaded (%s)", name, pipeline.status)
             if self._observer:
                 self._observer.model_loaded(name, [1], 0.0)
@@ -291,6 +308,8 @@ class ModelRegistry(Lookup):
             entry = self.models.pop(name, None) if pipeline is None else None
             if entry is not None:
                 self._adoption.rebind(folder_tasks)
+            if pipeline is not None or entry is not None:
+                self._changed(name)
         if pipeline is not None:
             log.info("pipeline %s: unloaded", name)
             if self._observer:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -272,6 +272,23 @@ def cores_per_session(threads: int, sessions: int = 1) -> int:
     """Intra-op threads for one of a model's ``sessions``: ``threads`` when set, else (0, the
     default) the machine's cores divided among the sessions, so instances do not oversubscribe."""
     return threads or max(1, (os.cpu_count() or 1) // max(1, sessions))
+
+
+class Session(Protocol):
+    """What a served model needs of a session: its IO, its providers and ``run``. An
+    ``OrtSession``, or in a worker process a ``service.runtime.mirror.RemoteSession`` that runs
+    on the model owner's ``OrtSession``."""
+
+    inputs: list[IOSpec]
+    outputs: list[IOSpec]
+    providers: list[str]
+    provider_options: dict[str, dict[str, str]]
+    metadata: dict[str, Any]
+
+    @property
+    def provider(self) -> str: ...
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 class OrtSession:

@@ -7,7 +7,7 @@ from typing import cast
 import numpy as np
 
 from service.model_config import CONFIG_DTYPES, ConfigError, Dtype, ModelConfig, TensorSpec
-from service.runtime.session import IOSpec, OrtSession
+from service.runtime.session import IOSpec, Session
 from service.tasks.base import Feeds
 from service.tasks.detection import NANODET_STRIDES, nanodet_centers
 
@@ -57,7 +57,7 @@ def _narrowed(spec: TensorSpec, graph: list[IOSpec], batched: bool) -> TensorSpe
     return spec if narrowed == spec.dims else spec.model_copy(update={"dims": narrowed})
 
 
-def complete_from_graph(config: ModelConfig, session: OrtSession) -> ModelConfig:
+def complete_from_graph(config: ModelConfig, session: Session) -> ModelConfig:
     """Triton's auto-complete for a task whose entry says ``graph_io`` (tensor): the inputs,
     outputs and batch axis the config leaves out, from the graph. The graph is batched when the
     first axis of every input and output is variable; then ``batching.max_batch_size`` defaults
@@ -110,7 +110,7 @@ def _check_tensor(model: str, kind: str, spec: TensorSpec, graph: IOSpec, batche
             raise ConfigError(f"{where}: dims[{axis}] is {want} in config but {have} in the graph")
 
 
-def validate_against_graph(config: ModelConfig, labels: list[str], session: OrtSession) -> None:
+def validate_against_graph(config: ModelConfig, labels: list[str], session: Session) -> None:
     """Every mismatch between config.yaml and the ONNX graph is a ConfigError naming the field."""
     name = config.name
     graph_inputs = {i.name: i for i in session.inputs}

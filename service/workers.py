@@ -1,0 +1,153 @@
+"""Worker processes (``ORTSERVE_WORKERS`` > 1): HTTP front ends beside the model owner.
+
+One Python event loop costs about a quarter of a millisecond of CPU per request around the model,
+on one core. With ``workers: N`` the server is N processes on one port (``SO_REUSEPORT``: the
+kernel spreads connections over them): the first loads the models and owns them
+(``service.runtime.owner``), the others mirror them (``service.runtime.mirror``) and send their
+batches to it. Models are loaded once — not N times, as ``--workers`` of a plain ASGI server
+would — so memory and GPU contexts do not grow with the workers.
+
+The owner starts the workers once its own start-up is done, restarts one that dies, and stops
+them first when it shuts down (they finish their requests on its sessions). A worker whose owner
+goes away stops. Workers run in their own session (process group), so a Ctrl-C in a terminal
+reaches the owner only, which stops them in order.
+
+``python -m service.workers CHANNEL INDEX`` is a worker's entry point; the owner starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+
+from service.core import Core
+from service.runtime import channel
+from service.runtime.owner import ModelOwner
+from service.runtime.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger("service")
+_RESTART_DELAY_S = 1.0
+_QUICK_EXIT_S = 10.0  # a worker that dies this soon after starting, this many times, stays down
+_QUICK_EXITS = 5
+_READY_TIMEOUT_S = 300.0
+
+
+class Workers:
+    """The owner's side: the model channel and the worker processes it supervises."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        # what every worker runs with: the owner's settings (from the environment or the CLI),
+        # on the port the owner bound, without a gRPC port of its own
+        self.settings = settings.model_copy(update={"port": port, "grpc_port": 0})
+        self.count = settings.workers - 1
+        self.folder = channel.private_dir()
+        self._owner: ModelOwner | None = None
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = False
+
+    async def start(self, core: Core) -> None:
+        (self.folder / channel.SETTINGS_NAME).write_bytes(pickle.dumps(self.settings))
+        self._owner = ModelOwner(core.registry)
+        core.settled = self._owner.settled
+        await self._owner.start(self.folder / channel.SOCKET_NAME)
+        loop = asyncio.get_running_loop()
+        self._supervisors = [
+            loop.create_task(self._supervise(index), name=f"worker-{index}")
+            for index in range(1, self.count + 1)
+        ]
+        try:
+            await asyncio.wait_for(self._owner.wait_ready(self.count), _READY_TIMEOUT_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.error(
+                "%d of %d worker process(es) ready after %.0f s; serving without the rest",
+                len(self._owner.ready),
+                self.count,
+                _READY_TIMEOUT_S,
+            )
+            return
+        log.info("%d worker process(es) ready beside the model owner", self.count)
+
+    async def _supervise(self, index: int) -> None:
+        quick = 0
+        while not self._stopping:
+            started = time.monotonic()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "service.workers",
+                str(self.folder),
+                str(index),
+                start_new_session=True,
+            )
+            self._processes[index] = process
+            code = await process.wait()
+            if self._stopping:
+                return
+            quick = quick + 1 if time.monotonic() - started < _QUICK_EXIT_S else 0
+            if quick >= _QUICK_EXITS:
+                log.error(
+                    "worker %d exited with %d %d times at start; not restarting", index, code, quick
+                )
+                return
+            log.warning("worker %d exited with %d; restarting it", index, code)
+            await asyncio.sleep(_RESTART_DELAY_S)
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM every worker (each finishes its requests), SIGKILL what is left after
+        ``grace_s``; then close the channel."""
+        self._stopping = True
+        running = [p for p in self._processes.values() if p.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if running:
+            waits = asyncio.gather(*(p.wait() for p in running))
+            try:
+                await asyncio.wait_for(waits, grace_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                for process in running:
+                    if process.returncode is None:
+                        log.warning(
+                            "worker pid %d did not stop in %.0f s; killing it", process.pid, grace_s
+                        )
+                        with contextlib.suppress(ProcessLookupError):
+                            process.kill()
+                await asyncio.gather(*(p.wait() for p in running), return_exceptions=True)
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        if self._owner is not None:
+            await self._owner.stop()
+        channel.remove_quietly(self.folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A worker: the owner's settings, a registry that mirrors the owner's, the same server."""
+    from service import server
+    from service.__main__ import configure_logging
+    from service.app import create_app
+    from service.metrics import Metrics
+    from service.runtime.mirror import MirrorRegistry, OwnerLink
+
+    folder_arg, index_arg = (argv if argv is not None else sys.argv[1:])[:2]
+    folder, index = Path(folder_arg), int(index_arg)
+    settings: Settings = pickle.loads((folder / channel.SETTINGS_NAME).read_bytes())
+    configure_logging(settings)
+    link = OwnerLink(folder / channel.SOCKET_NAME, index)
+
+    def mirror(settings: Settings, metrics: Metrics) -> ModelRegistry:
+        return MirrorRegistry(settings, metrics, link=link)
+
+    server.run(create_app(settings, registry_factory=mirror), settings, worker=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_format
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.samples import Sample
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import tracing
@@ -167,18 +168,35 @@ class Metrics:
         )
         self.serving_load = ServingLoad()
         r.register(self.serving_load)
+        # with worker processes (service.workers): every process's families, merged
+        self.gather: Callable[[], Awaitable[list[Metric]]] | None = None
 
     def watch(self, registry: ModelRegistry) -> None:
         """Read the scaling signals from ``registry``'s models at each scrape."""
         self.serving_load.registry = registry
 
-    def exposition(self, accept: str) -> tuple[bytes, str]:
+    def families(self) -> list[Metric]:
+        """This process's metrics now (the per-model gauges read from the registry first)."""
+        registry = self.serving_load.registry
+        for name, entry in registry.models.items() if registry else []:
+            self.model_ready.labels(name).set(1.0 if entry.ready else 0.0)
+            depth = sum(v.batcher.queue_depth for v in entry.serving.values())
+            self.queue_depth.labels(name).set(depth)
+        for name, pipeline in registry.pipelines.items() if registry else []:
+            self.model_ready.labels(name).set(1.0 if pipeline.ready else 0.0)
+        return list(self.registry.collect())
+
+    async def scrape(self, accept: str) -> tuple[bytes, str]:
         """The scrape's body and content type: OpenMetrics (with exemplars) when ``accept``
-        asks for it, as Prometheus does, else the classic text format."""
+        asks for it, as Prometheus does, else the classic text format. With worker processes,
+        whichever process is scraped answers for all of them."""
+        families = self.families() if self.gather is None else await self.gather()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(families))
         if "application/openmetrics-text" in accept:
-            body = openmetrics.generate_latest(self.registry)  # type: ignore[no-untyped-call]
+            body = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
             return body, openmetrics.CONTENT_TYPE_LATEST
-        return text_format.generate_latest(self.registry), text_format.CONTENT_TYPE_LATEST
+        return text_format.generate_latest(registry), text_format.CONTENT_TYPE_LATEST
 
     # -- service.runtime.registry.LifecycleObserver ---------------------------------------------
     def model_loaded(self, model: str, versions: list[int], seconds: float) -> None:
@@ -210,6 +228,57 @@ class Metrics:
             inference.observe(inference_s, exemplar)
 
         return observe
+
+
+class _Families:
+    """Metric families already collected, as a collector (for an exposition)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+# gauges whose processes' values add up (work held or queued in each); the others are states
+# every process reports alike, merged as the worst (``ready``) or the largest
+_SUMMED_GAUGES = frozenset({"ortserve_queue_depth", "ortserve_model_inflight_requests"})
+_LEAST_GAUGES = frozenset({"ortserve_model_ready"})
+
+
+def merge(processes: Iterable[list[Metric]]) -> list[Metric]:
+    """Several processes' families as one server's: counters and histograms added, gauges per
+    ``_SUMMED_GAUGES`` / ``_LEAST_GAUGES`` or else the largest, ``_created`` the earliest; a
+    sample's exemplar is the first process's that has one."""
+    merged: dict[str, Metric] = {}
+    samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+    for families in processes:
+        for family in families:
+            if family.name not in merged:
+                merged[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+                samples[family.name] = {}
+            seen = samples[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                old = seen.get(key)
+                if old is None:
+                    seen[key] = sample
+                    continue
+                value = _combine(family, sample.name, old.value, sample.value)
+                seen[key] = old._replace(value=value, exemplar=old.exemplar or sample.exemplar)
+    for name, family in merged.items():
+        family.samples = list(samples[name].values())
+    return list(merged.values())
+
+
+def _combine(family: Metric, sample: str, a: float, b: float) -> float:
+    if sample.endswith("_created"):
+        return min(a, b)
+    if family.type != "gauge" or family.name in _SUMMED_GAUGES:
+        return a + b
+    return min(a, b) if family.name in _LEAST_GAUGES else max(a, b)
 
 
 class MetricsMiddleware:

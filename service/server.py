@@ -258,7 +258,7 @@ class LiveAtOnceServer(uvicorn.Server):
                     # ready once every process on the port is: a probe may reach any of them
                     core = self.app.state.core
                     core.started = False
-                    await self.workers.start(core)
+                    await self.workers.start(core, self.app.state.metrics)
                     core.started = True
                 await stop.wait()
                 uvicorn_log.info("Waiting for application shutdown.")

@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from prometheus_client.core import Metric
+
 from service.core import Core
+from service.metrics import Metrics, merge
 from service.runtime import channel
 from service.runtime.owner import ModelOwner
 from service.runtime.registry import ModelRegistry
@@ -53,10 +56,15 @@ class Workers:
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
 
-    async def start(self, core: Core) -> None:
+    async def start(self, core: Core, metrics: Metrics) -> None:
         (self.folder / channel.SETTINGS_NAME).write_bytes(pickle.dumps(self.settings))
-        self._owner = ModelOwner(core.registry)
-        core.settled = self._owner.settled
+        self._owner = owner = ModelOwner(core.registry, metrics.families)
+        core.settled = owner.settled
+
+        async def every_process() -> list[Metric]:
+            return merge(await owner.families())
+
+        metrics.gather = owner.scrape = every_process
         await self._owner.start(self.folder / channel.SOCKET_NAME)
         loop = asyncio.get_running_loop()
         self._supervisors = [
@@ -134,7 +142,6 @@ def main(argv: list[str] | None = None) -> None:
     from service import server
     from service.__main__ import configure_logging
     from service.app import create_app
-    from service.metrics import Metrics
     from service.runtime.mirror import MirrorRegistry, OwnerLink
 
     folder_arg, index_arg = (argv if argv is not None else sys.argv[1:])[:2]
@@ -146,7 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     def mirror(settings: Settings, metrics: Metrics) -> ModelRegistry:
         return MirrorRegistry(settings, metrics, link=link)
 
-    server.run(create_app(settings, registry_factory=mirror), settings, worker=True)
+    async def from_owner() -> list[Metric]:  # scraped here: the owner merges every process
+        families: list[Metric] = await link.call("metrics")
+        return families
+
+    app = create_app(settings, registry_factory=mirror)
+    metrics: Metrics = app.state.metrics
+    link.families = metrics.families
+    metrics.gather = from_owner
+    server.run(app, settings, worker=True)
 
 
 if __name__ == "__main__":

@@ -24,16 +24,7 @@ class Readiness(BaseModel):
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    state = request.app.state
-    core = getattr(state, "core", None)
-    m = state.metrics
-    registry = core.registry if core is not None else None
-    for name, entry in registry.models.items() if registry else []:
-        m.model_ready.labels(name).set(1.0 if entry.ready else 0.0)
-        m.queue_depth.labels(name).set(sum(v.batcher.queue_depth for v in entry.serving.values()))
-    for name, pipeline in registry.pipelines.items() if registry else []:
-        m.model_ready.labels(name).set(1.0 if pipeline.ready else 0.0)
-    body, media_type = m.exposition(request.headers.get("accept", ""))
+    body, media_type = await request.app.state.metrics.scrape(request.headers.get("accept", ""))
     return Response(body, media_type=media_type)
 
 

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,8 @@ class OwnerLink:
         self._ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
+        # this process's metric families now, for the owner's scrape (Metrics.families)
+        self.families: Callable[[], list[Any]] = list
 
     async def connect(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(str(self.path))
@@ -119,6 +122,10 @@ class OwnerLink:
                 ident, ok, value = await channel.read(reader)
                 if ident == 0:  # a notice: (0, "changed", (name, number))
                     self.changes.put_nowait(value)
+                    continue
+                if ident < 0:  # the owner's call (ident, "metrics", None): answered at once
+                    assert self._writer is not None
+                    channel.write(self._writer, (ident, True, self.families()))
                     continue
                 future = self._pending.pop(ident, None)
                 if future is None or future.done():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,15 @@ class Description:
 
 
 class ModelOwner:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Callable[[], list[Any]]) -> None:
+        """``metrics``: this process's metric families now (``Metrics.families``)."""
         self.registry = registry
+        self._metrics = metrics
+        self._writers: dict[int, asyncio.StreamWriter] = {}  # worker → its control connection
+        self._asked: dict[int, asyncio.Future[Any]] = {}  # the owner's own calls to workers
+        self._ask_ids = itertools.count(-1, -1)
+        # every process's families merged into one server's (set by service.workers)
+        self.scrape: Callable[[], Awaitable[list[Any]]] = self._unmerged
         self._models: dict[int, LoadedModel] = {}  # token → a version some worker mirrors
         self._tokens: dict[int, int] = {}  # id(model) → its token, while in _models
         self._holders: dict[int, int] = {}  # token → how many workers hold it
@@ -94,6 +102,30 @@ class ModelOwner:
         except TimeoutError:
             behind = sorted(i for i in self.ready if self._followed.get(i, 0) < target)
             log.warning("workers %s did not follow a model change in %.0f s", behind, timeout_s)
+
+    async def _unmerged(self) -> list[Any]:
+        return [family for each in await self.families() for family in each]
+
+    async def families(self, timeout_s: float = 5.0) -> list[list[Any]]:
+        """Every process's metric families: this one's, then each ready worker's (one that does
+        not answer within ``timeout_s`` is left out of this scrape)."""
+        loop = asyncio.get_running_loop()
+        asked = []
+        for index in sorted(self.ready):
+            writer = self._writers.get(index)
+            if writer is None or writer.is_closing():
+                continue
+            ident = next(self._ask_ids)
+            self._asked[ident] = future = loop.create_future()
+            channel.write(writer, (ident, "metrics", None))
+            asked.append((ident, future))
+        own = self._metrics()
+        done, _ = (
+            await asyncio.wait([f for _, f in asked], timeout=timeout_s) if asked else ((), ())
+        )
+        for ident, _ in asked:
+            self._asked.pop(ident, None)
+        return [own, *(f.result() for f in done if not f.cancelled() and f.exception() is None)]
 
     async def wait_ready(self, workers: int) -> None:
         """Until ``workers`` workers have said their start-up is done."""
@@ -128,10 +160,15 @@ class ModelOwner:
     ) -> None:
         holds: set[int] = set()
         self._controls.add(writer)
+        self._writers[index] = writer
         try:
             while True:
                 ident, op, args = await channel.read(reader)
-                if op == "ready":  # notices: no answer
+                if ident < 0:  # a worker's answer to the owner's call: (ident, ok, value)
+                    asked = self._asked.pop(ident, None)
+                    if asked is not None and not asked.done():
+                        asked.set_result(args) if op is True else asked.cancel()
+                elif op == "ready":  # notices: no answer
                     self.ready.add(index)
                     self._readiness.set()
                 elif op == "followed":
@@ -145,6 +182,8 @@ class ModelOwner:
                     task.add_done_callback(self._replies.discard)
         finally:
             self.ready.discard(index)
+            if self._writers.get(index) is writer:
+                del self._writers[index]
             self._followed.pop(index, None)
             self._follows.set()
             self._controls.discard(writer)
@@ -175,6 +214,8 @@ class ModelOwner:
         if op == "release":
             self._release(args, holds)
             return None
+        if op == "metrics":  # a worker was scraped: it answers for every process
+            return await self.scrape()
         if op == "load":
             name, override = args
             try:

@@ -2,7 +2,7 @@
 
 Against a real ``python -m service`` with ``workers=3`` on the tiny models: connections land on
 every process (SO_REUSEPORT), each answers exactly what ONNX Runtime computes in-process, and
-only the owner builds sessions; a load or unload answered by any process holds for every process
+only the owner builds sessions; a scrape of any process counts the requests of all; a load or unload answered by any process holds for every process
 the moment it is answered; requests in flight across reloads all succeed; a worker that dies is
 replaced; SIGTERM stops every process cleanly, and a worker whose owner is killed stops too.
 """
@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from tests.support import tiny_models
@@ -94,6 +95,27 @@ def test_only_the_owner_opens_sessions(server: Server) -> None:
     assert sorted(name for _, name in built) == ["tiny-classifier", "tiny-embedder"]
     assert {pid for pid, _ in built} == {owner}
     assert len(processes(server)) == WORKERS
+
+
+def embeds_answered(url: str) -> float:
+    """The server's count of /embed requests answered 200, from one scrape."""
+    text = fresh("GET", f"{url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ortserve_requests_total"
+        and sample.labels["endpoint"] == "/embed"
+        and sample.labels["status"] == "200"
+    )
+
+
+def test_any_process_scraped_answers_for_all_of_them(server: Server) -> None:
+    before = {embeds_answered(server.url) for _ in range(10)}
+    assert len(before) == 1, before  # every process scraped says the same
+    for _ in range(30):
+        assert fresh("POST", f"{server.url}/embed", json={"inputs": ["sky"]}).status_code == 200
+    assert {embeds_answered(server.url) for _ in range(10)} == {before.pop() + 30}
 
 
 def _config(url: str) -> tuple[int, object]:

@@ -15,7 +15,9 @@ instance is free and hands it to that one, so instances never split a batch betw
 A request that finds the model ``idle`` (nothing queued, nothing running) would be a batch of one
 anyway: ``run_alone`` runs its preparation, the model and its postprocessing as one job on the
 model thread, one thread hop instead of one per step (c=1 ``/detect`` 0.5 ms faster). Requests
-arriving meanwhile queue as usual and form the next batch.
+arriving meanwhile queue as usual and form the next batch. It is the one execution path all the
+same: the lone job is the payload of a batch of one that ``_run`` runs, under the same deadline,
+failure, shutdown, stats and trace rules as every queued batch.
 """
 
 from __future__ import annotations
@@ -241,7 +243,7 @@ class DynamicBatcher(Generic[In, Out]):
         if self._queue is not None and self._collector is not None:
             if not self._collector.done():  # a dead collector drains nothing: do not wait for it
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._queue.join(), timeout=drain_timeout_s)
+                    await asyncio.wait_for(self._drained(), timeout=drain_timeout_s)
             tasks = [self._collector, *self._runs]
             for task in tasks:
                 task.cancel()
@@ -257,6 +259,13 @@ class DynamicBatcher(Generic[In, Out]):
         # a run still going (stuck, or cut off by the drain timeout) ends in its own time:
         # wait for the model threads on a worker thread, never on the event loop
         await asyncio.to_thread(_join, executors)
+
+    async def _drained(self) -> None:
+        """Until nothing is queued and nothing runs (batches and lone runs)."""
+        assert self._queue is not None
+        await self._queue.join()
+        if self._runs:
+            await asyncio.wait(set(self._runs))
 
     def _fail_queued(self, error: ServiceError) -> None:
         if self._queue is None:
@@ -385,72 +394,76 @@ class DynamicBatcher(Generic[In, Out]):
         """Run ``job(run_one)`` on the model thread, where ``run_one(payload)`` is this model's
         run on a batch of one. For a request that finds the model ``idle``: its preparation,
         run and postprocessing then cost one thread hop instead of one each, as the batch would
-        have held it alone anyway. A failing run fails like a batch of one."""
+        have held it alone anyway. It is a batch of one for everything else: ``_run`` runs it,
+        with the same deadline, failure, shutdown, stats and trace rules as a queued batch;
+        an error the job itself raises (a bad image while preparing) reaches the caller as is."""
         loop = asyncio.get_running_loop()
-        self._accept(deadline, loop)
-        timing: list[float] = []
-        traced = tracing.current()  # the batch span is this request's child
-        span_ns: list[int] = []
-        batch_trace: list[tracing.SpanContext] = []
-
-        def run_one(payload: In) -> Out:
-            started = time.perf_counter()
-            span_ns.append(tracing.now_ns())
-            try:
-                outputs = instance.run_batch([payload])
-                self._check_outputs(outputs, 1)
-            except ServiceError as exc:
-                self._trace_alone(traced, span_ns, exc)
-                raise
-            except Exception as exc:
-                self._trace_alone(traced, span_ns, exc)
-                raise _LoneRunError() from exc
-            timing.append(time.perf_counter() - started)
-            batch = self._trace_alone(traced, span_ns, None)
-            if batch is not None:
-                batch_trace.append(batch)
-            return outputs[0]
-
+        now = self._accept(deadline, loop)
+        lone: _Lone[In, Out, R] = _Lone(job, tracing.current())
+        item: _Item[Any, Any] = _Item(lone, loop.create_future(), deadline, now)
         # an instance the collector is not holding, else the first (an idle model with one
         # instance: the collector holds it while it waits for an item, and runs nothing on it)
         free = self._free
         borrowed = free.get_nowait() if free is not None and not free.empty() else None
-        instance = borrowed or self._instances[0]
         self._active += 1
-        future = loop.run_in_executor(instance.executor, job, run_one)
-        future.add_done_callback(lambda done: self._lone_run_done(done, borrowed))
-        done, _ = await asyncio.wait({future}, timeout=deadline - loop.time())
-        if not done:  # it runs on; _lone_run_done drops its result
-            raise self._late()
-        if future.cancelled():  # stop() cancelled it before the model thread started it
-            raise self._shutting_down()
+        run = loop.create_task(self._run_lone(borrowed or self._instances[0], item, borrowed))
+        self._runs.add(run)
+        run.add_done_callback(self._on_run_done)
+        timer = loop.call_at(deadline, self._expire, item)
         try:
-            value = future.result()
-        except _LoneRunError as exc:
-            self.stats.failed_batches += 1
-            raise self._failure(1, exc.__cause__) from None
-        batch = batch_trace[0] if batch_trace else None
-        if timing:
-            self._last_batch_size = 1
-            self._ran(1, 0.0, timing[0], batch)
-        return value, BatchResult(None, 0.0, timing[0] * 1000.0 if timing else 0.0, 1, batch)
+            result: BatchResult[R] = await item.future
+        finally:
+            timer.cancel()
+        return result.value, BatchResult(None, 0.0, result.inference_ms, 1, result.trace)
+
+    async def _run_lone(
+        self,
+        instance: _Instance[In, Out],
+        item: _Item[Any, Any],
+        borrowed: _Instance[In, Out] | None,
+    ) -> None:
+        try:
+            await self._run(instance, [item], asyncio.get_running_loop())
+        except asyncio.CancelledError:
+            if not item.future.done():  # stop() cut it off, or it never started
+                item.future.set_exception(self._shutting_down())
+            raise
+        finally:
+            self._active -= 1
+            if borrowed is not None and self._free is not None:
+                self._free.put_nowait(borrowed)
+
+    def _lone_work(self, instance: _Instance[In, Out], lone: _Lone[In, Out, Any]) -> list[Any]:
+        """A lone job on the model thread: its one model run timed and traced (the batch span
+        is the request's child), the job's own errors told apart from the model's."""
+
+        def run_one(payload: In) -> Out:
+            started = time.perf_counter()
+            span_ns = tracing.now_ns()
+            try:
+                outputs = instance.run_batch([payload])
+                self._check_outputs(outputs, 1)
+            except Exception as exc:
+                lone.trace = self._trace_alone(lone.parent, span_ns, exc)
+                raise _LoneRunError() from exc
+            lone.run_s = time.perf_counter() - started
+            lone.trace = self._trace_alone(lone.parent, span_ns, None)
+            return outputs[0]
+
+        try:
+            return [lone.job(run_one)]
+        except _LoneRunError:
+            raise
+        except Exception as exc:
+            raise _JobError() from exc
 
     def _trace_alone(
-        self, parent: tracing.Context | None, span_ns: list[int], error: BaseException | None
+        self, parent: tracing.Context | None, span_ns: int, error: BaseException | None
     ) -> tracing.SpanContext | None:
         """The batch span of a lone run (on the model thread, as the run ends)."""
         if parent is None:
             return None
-        return self._span([None], span_ns[0], error, parent)
-
-    def _lone_run_done(
-        self, future: asyncio.Future[Any], borrowed: _Instance[In, Out] | None
-    ) -> None:
-        self._active -= 1
-        if borrowed is not None and self._free is not None:
-            self._free.put_nowait(borrowed)
-        if not future.cancelled():
-            future.exception()  # retrieved: a run that outlived its deadline logs nothing more
+        return self._span([None], span_ns, error, parent)
 
     # -- collector -------------------------------------------------------------------------
     def _fresh(self, item: _Item[In, Out], now: float) -> bool:
@@ -584,36 +597,29 @@ class DynamicBatcher(Generic[In, Out]):
         started = loop.time()
         started_ns = tracing.now_ns()
         self._last_batch_size = len(batch)
+        lone = batch[0].payload if isinstance(batch[0].payload, _Lone) else None
+        outputs: Sequence[Any]
         try:
-            outputs = await loop.run_in_executor(
-                instance.executor, instance.run_batch, [item.payload for item in batch]
-            )
-            self._check_outputs(outputs, len(batch))
-        except Exception as exc:
-            self._trace(batch, started_ns, exc)
-            if not retry:
-                self.stats.failed_batches += 1
-            pending = [item for item in batch if not item.future.done()]
-            if len(pending) > 1 and not isinstance(exc, (ServiceError, _OutputCountError)):
-                # one client's bad input (an out-of-range id, a value the graph cannot take)
-                # must not fail the requests batched with it: bisect until the culprit runs alone
-                log.warning(
-                    "model %s: batch of %d failed (%s); retrying in halves",
-                    self.name,
-                    len(batch),
-                    type(exc).__name__,
+            if lone is not None:
+                outputs = await loop.run_in_executor(
+                    instance.executor, self._lone_work, instance, lone
                 )
-                half = len(pending) // 2
-                await self._run(instance, pending[:half], loop, retry=True)
-                await self._run(instance, pending[half:], loop, retry=True)
-                return
-            error = self._failure(len(batch), exc)
+            else:
+                outputs = await loop.run_in_executor(
+                    instance.executor, instance.run_batch, [item.payload for item in batch]
+                )
+            self._check_outputs(outputs, len(batch))
+        except _JobError as exc:  # the lone job's own code: its error, as it raised it
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(error)
+                    item.future.set_exception(exc.__cause__ or exc)
             return
-        inference_s = loop.time() - started
-        trace = self._trace(batch, started_ns, None)
+        except Exception as raised:
+            failed = raised.__cause__ if isinstance(raised, _LoneRunError) else raised
+            await self._failed(instance, batch, loop, failed, lone is not None, retry, started_ns)
+            return
+        inference_s = loop.time() - started if lone is None else lone.run_s
+        trace = self._trace(batch, started_ns, None) if lone is None else lone.trace
         queue_s = 0.0
         for item, output in zip(batch, outputs, strict=True):
             queue_s += started - item.enqueued
@@ -621,13 +627,48 @@ class DynamicBatcher(Generic[In, Out]):
                 item.future.set_result(
                     BatchResult(
                         output,
-                        (started - item.enqueued) * 1000.0,
+                        (started - item.enqueued) * 1000.0 if lone is None else 0.0,
                         inference_s * 1000.0,
                         len(batch),
                         trace,
                     )
                 )
-        self._ran(len(batch), queue_s / len(batch), inference_s, trace)
+        self._ran(len(batch), queue_s / len(batch) if lone is None else 0.0, inference_s, trace)
+
+    async def _failed(
+        self,
+        instance: _Instance[In, Out],
+        batch: list[_Item[In, Out]],
+        loop: asyncio.AbstractEventLoop,
+        exc: BaseException | None,
+        lone: bool,
+        retry: bool,
+        started_ns: int,
+    ) -> None:
+        """A run that raised: its requests fail, or, for a batch of several and an error that
+        may be one input's, it is retried in halves."""
+        if not lone:  # a lone run's span was made on the model thread, as the request's child
+            self._trace(batch, started_ns, exc)
+        if not retry:
+            self.stats.failed_batches += 1
+        pending = [item for item in batch if not item.future.done()]
+        if len(pending) > 1 and not isinstance(exc, (ServiceError, _OutputCountError)):
+            # one client's bad input (an out-of-range id, a value the graph cannot take)
+            # must not fail the requests batched with it: bisect until the culprit runs alone
+            log.warning(
+                "model %s: batch of %d failed (%s); retrying in halves",
+                self.name,
+                len(batch),
+                type(exc).__name__,
+            )
+            half = len(pending) // 2
+            await self._run(instance, pending[:half], loop, retry=True)
+            await self._run(instance, pending[half:], loop, retry=True)
+            return
+        error = self._failure(len(batch), exc)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _trace(
         self, batch: list[_Item[In, Out]], started_ns: int, error: BaseException | None
@@ -642,6 +683,21 @@ class _OutputCountError(RuntimeError):
 
 class _LoneRunError(Exception):
     """The model's run failed inside ``run_alone``'s job (the cause is chained)."""
+
+
+class _JobError(Exception):
+    """``run_alone``'s job failed in its own code, not the model's (the cause is chained)."""
+
+
+@dataclass(eq=False)
+class _Lone(Generic[In, Out, R]):
+    """A lone request's job, as the payload of its batch of one (``run_alone``); the model
+    thread fills in its run's time and span."""
+
+    job: Callable[[Callable[[In], Out]], R]
+    parent: tracing.Context | None  # the request's span: the batch span's parent
+    run_s: float = 0.0
+    trace: tracing.SpanContext | None = None
 
 
 __all__ = ["BatchObserver", "BatchResult", "BatchRunner", "BatcherStats", "DynamicBatcher"]

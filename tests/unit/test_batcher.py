@@ -268,7 +268,8 @@ async def test_a_lone_run_past_its_deadline_answers_at_the_deadline_and_the_mode
             break
         await asyncio.sleep(0.01)
     assert batcher.idle
-    assert batcher.stats.batches == 0  # its result was dropped
+    # it ran to the end, its result dropped: counted as any batch whose requests expired running
+    assert batcher.stats.batches == 1
     await batcher.stop()
     with pytest.raises(NotReadyError):
         await batcher.run_alone(lone_job(0, []), deadline())

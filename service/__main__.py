@@ -8,37 +8,15 @@ scale out beyond one machine with replicas. ``ortserve serve`` (service.cli) run
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from service import server
 from service.app import create_app
-from service.logs import JsonFormatter
+from service.logs import configure_logging
 from service.runtime.session import SessionError, resolve_providers
 from service.settings import Settings
 
 log = logging.getLogger("service")
-
-
-def _with_pid(record: logging.LogRecord) -> bool:
-    record.pid = os.getpid()  # the JSON formatter writes attributes a record was given
-    return True
-
-
-def configure_logging(settings: Settings) -> None:
-    """Text or JSON lines on stderr; with several processes (``workers``) each line says which
-    process wrote it."""
-    several = settings.workers > 1
-    text = "%(asctime)s %(levelname)s " + ("[%(process)d] " if several else "")
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter()
-        if settings.log_format == "json"
-        else logging.Formatter(text + "%(name)s: %(message)s")
-    )
-    if several:
-        handler.addFilter(_with_pid)
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 def serve(settings: Settings) -> None:

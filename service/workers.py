@@ -12,7 +12,8 @@ them first when it shuts down (they finish their requests on its sessions). A wo
 goes away stops. Workers run in their own session (process group), so a Ctrl-C in a terminal
 reaches the owner only, which stops them in order.
 
-``python -m service.workers CHANNEL INDEX`` is a worker's entry point; the owner starts it.
+``python -m service.worker CHANNEL INDEX`` (``service.worker``) is a worker's entry point; the
+owner starts it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import pickle
 import signal
 import sys
 import time
-from pathlib import Path
 
 from prometheus_client.core import Metric
 
@@ -32,7 +32,6 @@ from service.core import Core
 from service.metrics import Metrics, merge
 from service.runtime import channel
 from service.runtime.owner import ModelOwner
-from service.runtime.registry import ModelRegistry
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -90,7 +89,7 @@ class Workers:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "service.workers",
+                "service.worker",
                 str(self.folder),
                 str(index),
                 start_new_session=True,
@@ -135,34 +134,3 @@ class Workers:
         if self._owner is not None:
             await self._owner.stop()
         channel.remove_quietly(self.folder)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """A worker: the owner's settings, a registry that mirrors the owner's, the same server."""
-    from service import server
-    from service.__main__ import configure_logging
-    from service.app import create_app
-    from service.runtime.mirror import MirrorRegistry, OwnerLink
-
-    folder_arg, index_arg = (argv if argv is not None else sys.argv[1:])[:2]
-    folder, index = Path(folder_arg), int(index_arg)
-    settings: Settings = pickle.loads((folder / channel.SETTINGS_NAME).read_bytes())
-    configure_logging(settings)
-    link = OwnerLink(folder / channel.SOCKET_NAME, index)
-
-    def mirror(settings: Settings, metrics: Metrics) -> ModelRegistry:
-        return MirrorRegistry(settings, metrics, link=link)
-
-    async def from_owner() -> list[Metric]:  # scraped here: the owner merges every process
-        families: list[Metric] = await link.call("metrics")
-        return families
-
-    app = create_app(settings, registry_factory=mirror)
-    metrics: Metrics = app.state.metrics
-    link.families = metrics.families
-    metrics.gather = from_owner
-    server.run(app, settings, worker=True)
-
-
-if __name__ == "__main__":
-    main()

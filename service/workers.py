@@ -9,8 +9,8 @@ would — so memory and GPU contexts do not grow with the workers.
 
 The owner starts the workers once its own start-up is done, restarts one that dies, and stops
 them first when it shuts down (they finish their requests on its sessions). A worker whose owner
-goes away stops. Workers run in their own session (process group), so a Ctrl-C in a terminal
-reaches the owner only, which stops them in order.
+goes away stops. Workers run in their own process group, so a Ctrl-C in a terminal reaches the
+owner only, which stops them in order.
 
 ``python -m service.worker CHANNEL INDEX`` (``service.worker``) is a worker's entry point; the
 owner starts it.
@@ -23,8 +23,11 @@ import contextlib
 import logging
 import pickle
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import Metric
 
@@ -39,6 +42,11 @@ _RESTART_DELAY_S = 1.0
 _QUICK_EXIT_S = 10.0  # a worker that dies this soon after starting, this many times, stays down
 _QUICK_EXITS = 5
 _READY_TIMEOUT_S = 300.0
+# a process group of their own (in the owner's session, where tools that account for the
+# server's CPU look): a terminal's Ctrl-C reaches the owner only, which stops them in order
+_OWN_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+)
 
 
 class Workers:
@@ -52,7 +60,7 @@ class Workers:
         self.folder = channel.private_dir()
         self._owner: ModelOwner | None = None
         self._supervisors: list[asyncio.Task[None]] = []
-        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._stopping = False
 
     async def start(self, core: Core, metrics: Metrics) -> None:
@@ -70,6 +78,8 @@ class Workers:
             loop.create_task(self._supervise(index), name=f"worker-{index}")
             for index in range(1, self.count + 1)
         ]
+        for task in self._supervisors:
+            task.add_done_callback(_log_failure)
         try:
             await asyncio.wait_for(self._owner.wait_ready(self.count), _READY_TIMEOUT_S)
         except (TimeoutError, asyncio.TimeoutError):
@@ -86,16 +96,10 @@ class Workers:
         quick = 0
         while not self._stopping:
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "service.worker",
-                str(self.folder),
-                str(index),
-                start_new_session=True,
-            )
+            # Popen (off the loop), not the loop's subprocesses: uvloop's take no process_group
+            process = await asyncio.to_thread(_spawn, self.folder, index)
             self._processes[index] = process
-            code = await process.wait()
+            code = await asyncio.to_thread(process.wait)
             if self._stopping:
                 return
             quick = quick + 1 if time.monotonic() - started < _QUICK_EXIT_S else 0
@@ -116,7 +120,7 @@ class Workers:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         if running:
-            waits = asyncio.gather(*(p.wait() for p in running))
+            waits = asyncio.gather(*(asyncio.to_thread(p.wait) for p in running))
             try:
                 await asyncio.wait_for(waits, grace_s)
             except (TimeoutError, asyncio.TimeoutError):
@@ -127,10 +131,23 @@ class Workers:
                         )
                         with contextlib.suppress(ProcessLookupError):
                             process.kill()
-                await asyncio.gather(*(p.wait() for p in running), return_exceptions=True)
+                await asyncio.gather(
+                    *(asyncio.to_thread(p.wait) for p in running), return_exceptions=True
+                )
         for task in self._supervisors:
             task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
         if self._owner is not None:
             await self._owner.stop()
         channel.remove_quietly(self.folder)
+
+
+def _spawn(folder: Path, index: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.worker", str(folder), str(index)], **_OWN_GROUP
+    )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s: supervising failed", task.get_name(), exc_info=task.exception())

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks import pipeline, targets
+from benchmarks import overhead, pipeline, targets
 from benchmarks.harness import (
     ROOT,
     load_measured,
@@ -92,6 +92,13 @@ def round_ratios(served: list[float], other: list[float]) -> dict[str, Any]:
     return {"median": float(np.median(per_round)), "rounds": per_round}
 
 
+def _overhead(args: argparse.Namespace) -> dict[str, Any]:
+    print(f"[overhead] {args.overhead}", flush=True)
+    result = overhead.run(args.overhead, args.models, rounds=args.repeat)
+    print(result["output"], flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="ortserve benchmark")
     parser.add_argument("--models", type=Path, default=ROOT / "models")
@@ -117,6 +124,14 @@ def main() -> None:
         default=3,
         help="interleaved rounds: each load point's --duration-s is split over them",
     )
+    parser.add_argument(
+        "--overhead",
+        type=Path,
+        default=None,
+        metavar="SCRIPT",
+        help="serving-overhead.sh (ortserve beside Triton and mosec), run after the rest; "
+        "its numbers go in the report (benchmarks.overhead). --only overhead: it alone",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument(
         "--check",
@@ -140,7 +155,7 @@ def main() -> None:
         args.models
     )
     pipeline_rounds: list[dict[str, dict[str, Any]]] = []
-    if not chosen and not piped:
+    if not chosen and not piped and args.overhead is None:
         raise SystemExit(f"no default models in {args.models}: run `make models` first")
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()},
@@ -153,6 +168,12 @@ def main() -> None:
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {
         (sc.name, kind, c): [] for sc in chosen for kind in ("served", "naive") for c in levels
     }
+    if not chosen and not piped:  # --only overhead
+        report["overhead"] = _overhead(args)
+        saved = save_results(args.out, "bench", report, report["overhead"]["output"])
+        if args.check is not None:
+            raise SystemExit(targets.run_check(report))
+        return
     with ExitStack() as stack:
         ortserve = stack.enter_context(ortserve_server(args.models))
         rss_loaded = rss_mb(ortserve[1].pid)  # every model loaded and warmed up, no traffic yet
@@ -244,6 +265,9 @@ def main() -> None:
     if pipeline_rounds:
         report["pipeline"] = pipeline.summary(pipeline_rounds)
         table = "\n\n".join(t for t in (table, pipeline.render(report["pipeline"])) if t)
+    if args.overhead is not None:
+        report["overhead"] = _overhead(args)
+        table = "\n\n".join(t for t in (table, report["overhead"]["output"]) if t)
     print(table)
     saved = save_results(args.out, "bench", report, table)
     if chosen:

@@ -11,7 +11,9 @@ module parses it (so the docs and the check cannot drift) and measures each row'
 - ``<scenario>@<c>:p50-ms-over-single-item``: the served p50 latency minus the model's
   single-item latency in-process; ``<scenario>@<c>:mean-batch``: the served mean batch size;
 - ``pipeline:server/client``: the pipeline scenario's median per-round ratio;
-- ``memory:rss-loaded-mb``, ``memory:rss-after-load-mb``, ``memory:growth-pct``.
+- ``memory:rss-loaded-mb``, ``memory:rss-after-load-mb``, ``memory:growth-pct``;
+- ``overhead:<scenario>/<peer>`` (ortserve over Triton or mosec) and ``overhead:<scenario>-cores``
+  from the serving-overhead run (``benchmarks.overhead``, ``make bench OVERHEAD=…``).
 
 A target whose scenario or concurrency is not in the report is *not measured* (``--only``), which
 is not a miss; a report in which no target could be measured at all fails the check.
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import overhead
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADING = "## Targets"
@@ -115,6 +119,10 @@ def measure(metric: str, report: dict[str, Any]) -> float:
         if "pipeline" not in report:
             raise NotMeasured("no pipeline scenario in this run")
         return float(report["pipeline"]["server_over_client"]["median"])
+    if metric.startswith("overhead:"):
+        if "overhead" not in report:
+            raise NotMeasured("no serving-overhead run (make bench OVERHEAD=…/serving-overhead.sh)")
+        return overhead.measure(metric, report["overhead"])
     if metric.startswith("memory:"):
         memory = report.get("memory")
         if not memory:

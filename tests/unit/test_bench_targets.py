@@ -65,6 +65,14 @@ def meeting_every_target() -> dict[str, Any]:
         },
         "pipeline": {"server_over_client": {"median": 1.6, "rounds": [1.6, 1.5, 1.7]}},
         "memory": {"rss_loaded_mb": 800.0, "rss_after_load_mb": 1050.0, "growth_pct": 0.01},
+        "overhead": {
+            "ratios": {
+                "live": {"triton": 0.3},
+                "glove": {"triton": 0.6, "mosec": 1.1},
+                "mobilenet": {"triton": 1.05},
+            },
+            "cores": {"glove": {"ortserve": 1.7}},
+        },
     }
 
 
@@ -189,3 +197,50 @@ def test_the_cli_checks_a_saved_report_without_running(tmp_path: Path) -> None:
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "`/embed` c=32 served over the limit" in failed.stdout
     assert "0.710" in failed.stdout
+
+
+# -- the serving-overhead run (benchmarks.overhead) ---------------------------------------------
+OVERHEAD_OUTPUT = """\
+scenario     ortserve     triton      mosec ortserve/triton ortserve/mosec
+live            37274     132886          -          0.278              -
+glove            6120      18799      10219          0.326          0.601
+mobilenet         190        212          -          0.895              -
+(requests/s, medians of 3 alternated rounds of 8s at c=32; ratios taken inside each round)
+
+scenario   server      cores-used server CPU ms/req
+live       ortserve          0.97            0.026
+live       triton            1.20            0.009
+glove      ortserve          1.81            0.296
+glove      triton            1.75            0.093
+glove      mosec             1.44            0.133
+mobilenet  ortserve          1.90           10.000
+mobilenet  triton            1.95            9.200
+"""
+
+
+def test_the_serving_overhead_tables_are_read_into_the_report() -> None:
+    from benchmarks import overhead
+
+    parsed = overhead.parse(OVERHEAD_OUTPUT)
+    assert parsed["ratios"]["glove"] == {"triton": 0.326, "mosec": 0.601}
+    assert parsed["ratios"]["live"] == {"triton": 0.278}
+    assert parsed["requests_per_s"]["glove"]["mosec"] == 10219
+    assert parsed["cores"]["glove"] == {"ortserve": 1.81, "triton": 1.75, "mosec": 1.44}
+    assert parsed["cpu_ms_per_request"]["mobilenet"]["ortserve"] == 10.0
+    with pytest.raises(ValueError, match="not the output"):
+        overhead.parse("wrk: connection refused\n")
+
+
+def test_the_overhead_targets_are_measured_from_the_run_and_missed_by_name() -> None:
+    from benchmarks import overhead
+
+    report: dict[str, Any] = {"overhead": overhead.parse(OVERHEAD_OUTPUT)}
+    assert measure("overhead:glove/mosec", report) == 0.601
+    assert measure("overhead:glove-cores", report) == 1.81
+    outcomes = {o.target.metric: o for o in check(report, load_targets())}
+    assert outcomes["overhead:glove/mosec"].missed  # 0.601 < 1.0
+    assert not outcomes["overhead:glove-cores"].missed  # 1.81 ≥ 1.5
+    assert not outcomes["overhead:live/triton"].missed  # 0.278 ≥ 0.25
+    # a run without it: those targets are not measured (not missed)
+    without = [o for o in check({}, load_targets()) if o.target.metric.startswith("overhead:")]
+    assert without and all(o.value is None and not o.missed for o in without)

@@ -5,8 +5,11 @@ models are warm) and serves ``inference.GRPCInferenceService`` on whatever core 
 built, the standard health service and server reflection. Messages over
 ``ORTSERVE_MAX_BODY_BYTES`` are refused by gRPC itself (RESOURCE_EXHAUSTED) before any of our code
 runs; calls past ``ORTSERVE_MAX_CONNECTIONS`` at once are refused (RESOURCE_EXHAUSTED) by the
-server's concurrency limit. ``stop`` turns health NOT_SERVING, lets calls in flight finish
-within the grace period, then closes.
+server's concurrency limit, one connection holds at most ``MAX_STREAMS_PER_CONNECTION`` of them,
+a call whose request message has not arrived within ``ORTSERVE_REQUEST_TIMEOUT_S`` ends
+DEADLINE_EXCEEDED (``bounds``), and a connection that has not sent its HTTP/2 preface within
+``ORTSERVE_HEADER_TIMEOUT_S`` is closed. ``stop`` turns health NOT_SERVING, lets calls in flight
+finish within the grace period, then closes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.grpc.bounds import MAX_STREAMS_PER_CONNECTION, MessageDeadline
 from service.grpc.health import CoreHealth
 from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
@@ -51,7 +55,12 @@ async def start(app: Any, settings: Settings) -> GrpcServer:
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            # a connection that has not sent its HTTP/2 preface by then is closed, as an HTTP
+            # one without its headers (grpc's own default: 120 s)
+            ("grpc.server_handshake_timeout_ms", round(settings.header_timeout_s * 1000)),
         ],
+        interceptors=[MessageDeadline(settings.request_timeout_s)],
         maximum_concurrent_rpcs=settings.max_connections,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -40,6 +40,7 @@ from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from service.metrics import Metrics
 from service.runtime.model import LoadedModel
+from service.schemas.v2 import TensorMetadata
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -187,10 +188,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             answer = pb.ModelMetadataResponse(
                 name=meta.name, versions=meta.versions, platform=meta.platform
             )
-            for t in meta.inputs:
-                answer.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-            for t in meta.outputs:
-                answer.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+            _tensors(answer.inputs, meta.inputs)
+            _tensors(answer.outputs, meta.outputs)
+            if meta.raw is not None:  # ortserve's field 1000: standard clients skip it
+                _tensors(answer.raw.inputs, meta.raw.inputs)
+                _tensors(answer.raw.outputs, meta.raw.outputs)
             return answer
 
         return await self._call("ModelMetadata", context, run)
@@ -288,6 +290,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return answer
 
         return await self._call("ModelInfer", context, run)
+
+
+def _tensors(into: Any, tensors: list[TensorMetadata]) -> None:
+    for t in tensors:
+        into.add(name=t.name, datatype=t.datatype, shape=t.shape)
 
 
 def _override(entries: Any) -> dict[str, Any] | None:

@@ -20,8 +20,9 @@ import pytest
 
 from tests.api.conftest import b64, png, solid
 from tests.reliability.models import slow_classifier
-from tests.support.server import Server, free_port, running_server
-from tests.support.tiny_models import classifier, embedder
+from tests.support import tensor_graphs
+from tests.support.server import MODELS, Server, free_port, running_server
+from tests.support.tiny_models import TINY_DEFAULTS, build_repository, classifier, embedder
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient and grpcio (dev)")
 grpc = pytest.importorskip("grpc")
@@ -29,6 +30,8 @@ health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2")
 health_pb2_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
 reflection_pb2 = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2")
 reflection_pb2_grpc = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2_grpc")
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
+from google.protobuf.unknown_fields import UnknownFieldSet  # noqa: E402
 from tritonclient.grpc import aio as grpcclient_aio  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -470,3 +473,127 @@ def test_a_cancelled_call_is_counted_as_a_client_gone_and_the_server_goes_on(
         c.infer("slow", [tensor("input", images(1))], client_timeout=30).as_numpy("logits")
         is not None
     )
+
+
+# -- ortserve's metadata extension: the raw signature (ModelMetadataResponse.raw = 1000) -------
+RAW_FIELD = 1000  # service/grpc/protos/grpc_service.proto
+HTTP_TO_GRPC = {404: grpc.StatusCode.NOT_FOUND, 503: grpc.StatusCode.UNAVAILABLE}
+
+
+def _metadata_call(channel: Any) -> Any:
+    """ModelMetadata with the server's own messages, built from the descriptor its reflection
+    serves, in a pool of their own (this process holds tritonclient's stubs, which define the
+    same names): what a generic client such as grpcurl does."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="inference.GRPCInferenceService"
+    )
+    (answer,) = stub.ServerReflectionInfo(iter([ask]), timeout=10)
+    pool = descriptor_pool.DescriptorPool()
+    for blob in answer.file_descriptor_response.file_descriptor_proto:
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(blob))
+    request = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("inference.ModelMetadataRequest")
+    )
+    response = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("inference.ModelMetadataResponse")
+    )
+    call = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelMetadata",
+        request_serializer=request.SerializeToString,
+        response_deserializer=response.FromString,
+    )
+    return lambda name: call(request(name=name), timeout=10)
+
+
+def _tensors(repeated: Any) -> list[dict[str, Any]]:
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in repeated]
+
+
+def assert_grpc_metadata_equals_http(srv: Server, target: str) -> dict[str, Any]:
+    """Every model and pipeline the server lists: gRPC ModelMetadata (the server's own messages)
+    says what ``GET /v2/models/{name}`` says, the raw signature included, or fails with the code
+    of the HTTP status; tritonclient.grpc reads the same metadata and skips field 1000. Returns
+    the raw signatures by model (None: the model has none)."""
+    listed = httpx.get(f"{srv.url}/v1/models", timeout=10).json()["models"]
+    assert listed
+    signatures: dict[str, Any] = {}
+    triton = client(target)
+    with grpc.insecure_channel(target) as channel:
+        metadata = _metadata_call(channel)
+        for row in listed:
+            name = row["name"]
+            http = httpx.get(f"{srv.url}/v2/models/{name}", timeout=10)
+            if http.status_code != 200:  # a pipeline, a failed model: the same refusal
+                with pytest.raises(grpc.RpcError) as caught:
+                    metadata(name)
+                assert caught.value.code() == HTTP_TO_GRPC[http.status_code], name
+                continue
+            want = http.json()
+            got = metadata(name)
+            assert (got.name, list(got.versions), got.platform) == (
+                want["name"],
+                want["versions"],
+                want["platform"],
+            )
+            assert _tensors(got.inputs) == want["inputs"], name
+            assert _tensors(got.outputs) == want["outputs"], name
+            raw = (
+                {"inputs": _tensors(got.raw.inputs), "outputs": _tensors(got.raw.outputs)}
+                if got.HasField("raw")
+                else None
+            )
+            assert raw == want["raw"], name
+            signatures[name] = raw
+
+            standard = triton.get_model_metadata(name)  # tritonclient's own stubs
+            assert _tensors(standard.inputs) == want["inputs"], name
+            assert _tensors(standard.outputs) == want["outputs"], name
+            skipped = [f.field_number for f in UnknownFieldSet(standard)]
+            assert skipped == ([RAW_FIELD] if raw is not None else []), name
+            as_json = triton.get_model_metadata(name, as_json=True)
+            assert set(as_json) == {"name", "versions", "platform", "inputs", "outputs"}, name
+    return signatures
+
+
+@pytest.fixture(scope="module")
+def every_task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """One tiny model per task, a pipeline and a tensor-task graph."""
+    root = build_repository(tmp_path_factory.mktemp("grpc-every-task"))
+    tensor_graphs.regressor(root / "regressor")
+    port = free_port()
+    settings = {**TINY_DEFAULTS, "intra_op_threads": "1"}
+    with running_server(root, grpc_port=str(port), **settings) as srv:
+        yield srv, f"127.0.0.1:{port}"
+
+
+def test_grpc_metadata_has_the_raw_signature_of_http_for_every_task(
+    every_task: tuple[Server, str],
+) -> None:
+    srv, target = every_task
+    signatures = assert_grpc_metadata_equals_http(srv, target)
+    tasks = {
+        row["name"]: row["task"]
+        for row in httpx.get(f"{srv.url}/v1/models", timeout=10).json()["models"]
+    }
+    with_raw = {tasks[name] for name, raw in signatures.items() if raw is not None}
+    assert with_raw == {"classify", "detect", "segment", "embed"}
+    assert signatures["regressor"] is None  # the tensor task: unset, as HTTP's is null
+    assert signatures["tiny-embedder"]["inputs"] == [
+        {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    ]
+
+
+@pytest.mark.skipif(
+    not (MODELS / "mobilenet_v2" / "model.onnx").is_file(),
+    reason="default models not built: run `make models`",
+)
+def test_grpc_metadata_has_the_raw_signature_of_http_for_every_default_model() -> None:
+    port = free_port()
+    with running_server(MODELS, grpc_port=str(port)) as srv:
+        signatures = assert_grpc_metadata_equals_http(srv, f"127.0.0.1:{port}")
+        listed = httpx.get(f"{srv.url}/v1/models", timeout=10).json()["models"]
+    typed = {m["name"] for m in listed if m["task"] in {"classify", "detect", "segment", "embed"}}
+    assert "mobilenet_v2" in typed
+    assert {name for name, raw in signatures.items() if raw is not None} == typed
+    assert signatures["mobilenet_v2"]["inputs"][0]["name"] == "image"

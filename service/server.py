@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.api.fast import LIVE_BODIES
 from service.middleware import CLIENT, FIRST_BYTE, OPEN_CONNECTIONS, ClientState
+from service.ports import address_of, claim
 from service.settings import Settings
 from service.workers import Workers
 
@@ -200,11 +201,14 @@ class LiveAtOnceServer(uvicorn.Server):
     Shutdown keeps uvicorn's order: stop accepting, finish the requests, then the lifespan's
     shutdown (drain the batchers)."""
 
-    def __init__(self, config: uvicorn.Config, app: Any, workers: Workers | None = None) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: Any, workers: Workers | None = None, owner: bool = True
+    ) -> None:
         super().__init__(config)
         self.app = app
         self.startup_failed = False
         self.workers = workers  # started once the models are warm, stopped first
+        self.owner = owner  # not one of the owner's worker processes
 
     async def shutdown(self, sockets: Any = None) -> None:
         # the workers finish their requests (on this process's sessions) while this one does
@@ -230,7 +234,9 @@ class LiveAtOnceServer(uvicorn.Server):
             from service.grpc.server import start as start_grpc
 
             try:
-                grpc_server = await start_grpc(self.app, settings)
+                grpc_server = await start_grpc(
+                    self.app, settings, shared=settings.workers > 1, first=self.owner
+                )
             except RuntimeError as exc:
                 log.error("Application startup failed: %s", exc)
                 self.startup_failed = True
@@ -274,17 +280,11 @@ class LiveAtOnceServer(uvicorn.Server):
 
 def shared_socket(host: str, port: int, *, first: bool) -> socket.socket:
     """A listening socket that this server's other processes bind too (SO_REUSEPORT: the kernel
-    spreads new connections over them); port 0 picks a free one. The ``first`` (the owner's)
-    binds the port without SO_REUSEPORT before, so that another server already on it is an
-    error ("address in use"), not a silent share of its traffic."""
-    family, kind, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    spreads new connections over them). The ``first`` (the owner's) claims the port before
+    (``ports.claim``: another server on it is an error; port 0 picks a free one)."""
     if first:
-        with socket.socket(family, kind) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-            address = (address[0], probe.getsockname()[1], *address[2:])
+        port = claim(host, port)
+    family, kind, address = address_of(host, port)
     sock = socket.socket(family, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -325,7 +325,7 @@ def run(app: Any, settings: Settings, *, worker: bool = False) -> None:
             sys.exit(1)
         if not worker:
             workers = Workers(settings, sockets[0].getsockname()[1])
-    server = LiveAtOnceServer(config, app, workers)
+    server = LiveAtOnceServer(config, app, workers, owner=not worker)
     server.run(sockets=sockets)
     if server.startup_failed:
         sys.exit(3)

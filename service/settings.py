@@ -83,8 +83,8 @@ class Settings(BaseSettings):
             "HTTP processes on the port. Above 1, this process owns every model (one ONNX "
             "Runtime session each, one CUDA context per device) and workers-1 more processes "
             "share the port (SO_REUSEPORT), each parsing, decoding, batching and encoding in "
-            "parallel and running its batches on the owner's sessions. gRPC and the repository "
-            "poll stay in the owner."
+            "parallel and running its batches on the owner's sessions. The gRPC port is shared "
+            "the same way; the repository poll stays in the owner."
         ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"

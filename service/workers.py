@@ -54,8 +54,8 @@ class Workers:
 
     def __init__(self, settings: Settings, port: int) -> None:
         # what every worker runs with: the owner's settings (from the environment or the CLI),
-        # on the port the owner bound, without a gRPC port of its own
-        self.settings = settings.model_copy(update={"port": port, "grpc_port": 0})
+        # on the port the owner bound (and its gRPC port, shared the same way)
+        self.settings = settings.model_copy(update={"port": port})
         self.count = settings.workers - 1
         self.folder = channel.private_dir()
         self._owner: ModelOwner | None = None

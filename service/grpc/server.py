@@ -27,6 +27,7 @@ from service.grpc.health import CoreHealth
 from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.servicer import InferenceServicer
+from service.ports import claim
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -48,13 +49,24 @@ class GrpcServer:
         log.info("gRPC server on %s stopped", self.address)
 
 
-async def start(app: Any, settings: Settings) -> GrpcServer:
-    """Build, bind and start the server; raises ``RuntimeError`` when the port cannot be bound."""
+async def start(
+    app: Any, settings: Settings, *, shared: bool = False, first: bool = True
+) -> GrpcServer:
+    """Build, bind and start the server; raises ``RuntimeError`` when the port cannot be bound.
+    ``shared``: the server's processes (``ORTSERVE_WORKERS``) share the port, which the
+    ``first`` (the owner) claims before (``ports.claim``); else a port in use is an error."""
+    if shared and first:
+        try:
+            claim(settings.host, settings.grpc_port)
+        except OSError as exc:
+            raise RuntimeError(
+                f"could not bind the gRPC port {settings.grpc_port}: {exc}"
+            ) from None
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+            ("grpc.so_reuseport", 1 if shared else 0),
             ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
             # a connection that has not sent its HTTP/2 preface by then is closed, as an HTTP
             # one without its headers (grpc's own default: 120 s)

@@ -4,7 +4,8 @@ Against a real ``python -m service`` with ``workers=3`` on the tiny models: conn
 every process (SO_REUSEPORT), each answers exactly what ONNX Runtime computes in-process, and
 only the owner builds sessions; a scrape of any process counts the requests of all; a load or unload answered by any process holds for every process
 the moment it is answered; requests in flight across reloads all succeed; a worker that dies is
-replaced; SIGTERM stops every process cleanly, and a worker whose owner is killed stops too.
+replaced; the gRPC port is shared the same way, and a second server cannot take either port;
+SIGTERM stops every process cleanly, and a worker whose owner is killed stops too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,11 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from tests.support import tiny_models
-from tests.support.server import Server, running_server
+from tests.support.server import Server, free_port, running_server
 
 WORKERS = 3
 TEXTS = ["cat dog", "red car", "the sea and the sky", "pear", "apple truck blue"]
-PID = re.compile(r"\[(\d+)\] service\.access: (?:GET|POST) (\S+)")
+PID = re.compile(r"\[(\d+)\] service\.access: (?:GET|POST|GRPC) (\S+)")
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +194,49 @@ def test_a_worker_that_dies_is_replaced(repository: Path) -> None:
             for _ in range(30)
         )
         assert statuses == {200: 30}
+
+
+def test_grpc_shares_its_port_the_same_way(repository: Path) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
+    port = free_port()
+    pixels = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    session = ort.InferenceSession(
+        str(repository / "tiny-classifier" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (want,) = session.run(["logits"], {"input": pixels})
+    for server in _serve(repository, grpc_port=str(port), **tiny_models.TINY_DEFAULTS):
+        for _ in range(40):  # a client each: a connection each, spread by the kernel
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+            x = grpcclient.InferInput("input", list(pixels.shape), "FP32")
+            x.set_data_from_numpy(pixels)
+            got = client.infer("tiny-classifier", [x]).as_numpy("logits")
+            np.testing.assert_allclose(got, want, atol=1e-5)
+            client.close()
+        infer = "/inference.GRPCInferenceService/ModelInfer"
+        assert len(served_by(server, infer)) == WORKERS, served_by(server, infer)
+        # a second server cannot take either port from under it (SO_REUSEPORT alone would let
+        # it, and take a share of the connections)
+        http_port = int(server.url.rsplit(":", 1)[1])
+        for ports, code, says in (
+            ((free_port(), port), 3, "could not bind the gRPC port"),
+            ((http_port, 0), 1, "could not bind"),
+        ):
+            failed = subprocess.run(
+                [sys.executable, "-m", "service"],
+                env={
+                    **os.environ,
+                    "ORTSERVE_MODEL_REPOSITORY": str(repository),
+                    "ORTSERVE_HOST": "127.0.0.1",
+                    "ORTSERVE_PORT": str(ports[0]),
+                    "ORTSERVE_GRPC_PORT": str(ports[1]),
+                    "ORTSERVE_WORKERS": "2",
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert failed.returncode == code, failed.stderr[-2000:]
+            assert says in failed.stderr
 
 
 def _gone(pid: int) -> bool:

@@ -104,9 +104,16 @@ def http_body(scenario: str, output: str) -> tuple[bytes, int]:
     return head + raw, len(head)
 
 
+# h2load's connections × streams per connection: 32 calls in flight, as wrk's 32 connections.
+# A server of several processes on one port (ORTSERVE_WORKERS) gets each connection in one of
+# them, so few connections split unevenly (--grpc-connections 16 --grpc-streams 2 spreads them)
+SHAPE = {"connections": 4, "streams": 8}
+
+
 def h2load(url: str, frame: Path, duration_s: int) -> float:
     done = subprocess.run(
-        ["h2load", "-t1", "-c4", "-m8", "-D", str(duration_s), "-d", str(frame),
+        ["h2load", "-t1", f"-c{SHAPE['connections']}", f"-m{SHAPE['streams']}",
+         "-D", str(duration_s), "-d", str(frame),
          "-H", "content-type: application/grpc", "-H", "te: trailers", url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -200,7 +207,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration-s", type=int, default=10)
     parser.add_argument("--triton", type=Path, default=None, metavar="RUN_SH")
+    parser.add_argument("--grpc-connections", type=int, default=SHAPE["connections"])
+    parser.add_argument("--grpc-streams", type=int, default=SHAPE["streams"])
     args = parser.parse_args()
+    SHAPE.update(connections=args.grpc_connections, streams=args.grpc_streams)
     for tool in ("h2load", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed (Debian: nghttp2-client, wrk)")
@@ -226,7 +236,8 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     print(render(rounds, list(targets)))
     print(
-        f"(medians of {args.rounds} alternated rounds of {args.duration_s} s; h2load 4×8, wrk c=32)"
+        f"(medians of {args.rounds} alternated rounds of {args.duration_s} s; "
+        f"h2load {args.grpc_connections}×{args.grpc_streams}, wrk c=32)"
     )
 
 

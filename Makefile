@@ -6,7 +6,7 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install install-dev serve models test test-fast test-pinned lint bench bench-ceiling bench-gpu bench-grpc bench-tracing soak soak-ci clean-models
+.PHONY: install install-dev serve models test fuzz test-fast test-pinned lint bench bench-ceiling bench-gpu bench-grpc bench-tracing soak soak-ci clean-models
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,18 @@ serve: install $(QUICK_MODELS)
 # -rs: every skip's reason in the summary (.ci/run also fails on any not in tests/conftest.py's
 # ALLOWED_SKIPS); the model-dependent tests read the repository from ORTSERVE_TEST_MODELS
 test: models
-	ORTSERVE_TEST_MODELS=$(MODELS) $(PY) -m pytest -q -rs
+	ORTSERVE_TEST_MODELS=$(MODELS) $(PY) -m pytest -q -rs --durations=25
+
+# The fuzzers at depth (tests/fuzz: schemathesis with schema-valid, -invalid and valid inference
+# requests; mutated images and malformed multipart; request smuggling), seeded: the suite runs
+# the same files with 15 examples per operation and 4 mutants per format. Each case's count and
+# outcome is printed. FUZZ_SEED=n for another stream; a failure reproduces with its seed.
+FUZZ_EXAMPLES ?= 300
+FUZZ_MUTANTS ?= 40
+FUZZ_SEED ?= 32
+fuzz: install
+	ORTSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ORTSERVE_FUZZ_MUTANTS=$(FUZZ_MUTANTS) \
+		ORTSERVE_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -rs -s -p no:cacheprovider tests/fuzz
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit tests/api
@@ -61,9 +72,11 @@ lint: install
 	$(PY) -m ruff format --check service export training tests benchmarks scripts devtools
 	$(PY) -m mypy
 
-# CHECK=1: compare with the targets table of docs/benchmarks.md, exit 1 naming each one missed
+# CHECK=1: compare with the targets table of docs/benchmarks.md, exit 1 naming each one missed;
+# OVERHEAD=../shared/peers/serving-overhead.sh: also ortserve beside Triton and mosec (the
+# overhead: targets); ARGS="--only overhead" for that alone
 bench: models
-	$(PY) -m benchmarks.run --models $(MODELS)$(if $(CHECK), --check)
+	$(PY) -m benchmarks.run --models $(MODELS)$(if $(CHECK), --check)$(if $(OVERHEAD), --overhead $(OVERHEAD)) $(ARGS)
 
 # What serving itself costs: each scenario on a no-op twin of its model beside the model alone and
 # the real server, so ceiling / limit is the most a "served ≥ x × the limit" target can reach on
@@ -72,9 +85,10 @@ bench-ceiling: models
 	$(PY) -m benchmarks.ceiling --models $(MODELS) --only classify,detect,embed-same --rounds 3
 
 # The Open Inference Protocol over gRPC beside the same requests over HTTP on one server: GloVe and
-# MobileNetV2, h2load (nghttp2-client) and wrk, alternated rounds (benchmarks/grpc.py)
+# MobileNetV2, h2load (nghttp2-client) and wrk, alternated rounds (benchmarks/grpc.py);
+# TRITON=~/.cache/peers/triton/run.sh: NVIDIA Triton's gRPC and HTTP beside them in the same rounds
 bench-grpc: models
-	$(PY) -m benchmarks.grpc --models $(MODELS) --rounds 3 --duration-s 10
+	$(PY) -m benchmarks.grpc --models $(MODELS) --rounds 3 --duration-s 10$(if $(TRITON), --triton $(TRITON))
 
 # What tracing costs: /embed at c=32 with tracing off, and on at sampling ratios 1.0 and 0.01
 # (OTLP/HTTP to a receiver in the benchmark), in alternated rounds (benchmarks/tracing.py)
@@ -108,7 +122,8 @@ bench-gpu: $(GPU_VENV)/.installed $(GPU_MODELS)/resnet50/model.onnx
 # every 10 s, hostile requests and vanishing or slow clients mixed in; every 200 is compared with a
 # reference computed in-process by the service's own code (scripts/soak_check.py; the traffic:
 # scripts/soak_traffic.py). Fails on any
-# mismatch, any 5xx, or RSS growth after the warm-up over max(100 MiB, 10 %). SOAK_S=3600 for an
+# mismatch, any 5xx (but a deadline's 504 after the whole deadline: an overload answer), a stalled
+# model, or RSS growth after the warm-up over max(100 MiB, 10 %). SOAK_S=3600 for an
 # hour. The 2-minute warm-up lets ONNX Runtime's arenas reach every shape the traffic produces
 # (text lengths, Mask R-CNN image sizes): with 20 s, 3 minutes grew +119 MiB and flattened.
 SOAK_S ?= 300

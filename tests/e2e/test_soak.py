@@ -103,3 +103,36 @@ def test_compare_checks_masks_by_iou() -> None:
     chipped[10:20, 10:20] = False  # IoU 0.984
     assert soak_check.compare({"mask": rle(full)}, {"mask": rle(one_off)}) == []
     assert soak_check.compare({"mask": rle(full)}, {"mask": rle(chipped)})
+
+
+def test_a_504_passes_only_as_the_deadline_error_after_the_whole_deadline() -> None:
+    import httpx
+    import soak_traffic
+
+    deadline = soak_traffic.DEADLINE_S
+    late = httpx.Response(
+        504, json={"error": "x", "error_type": "deadline_exceeded", "request_id": "r"}
+    )
+    assert soak_traffic.deadline_problem(late, deadline + 0.2) is None
+    early = soak_traffic.deadline_problem(late, deadline - 5)
+    assert early and "before the" in early
+    hung = soak_traffic.deadline_problem(late, deadline + soak_traffic.DEADLINE_SLACK_S + 1)
+    assert hung and "long past" in hung
+    other = httpx.Response(504, json={"error": "x", "error_type": "internal_error"})
+    assert soak_traffic.deadline_problem(other, deadline + 1)
+    assert soak_traffic.deadline_problem(httpx.Response(504, content=b"<html>"), deadline + 1)
+
+
+def test_the_server_5xx_count_keeps_the_deadline_504s_apart() -> None:
+    import soak
+
+    metrics = "\n".join(
+        [
+            'ortserve_requests_total{endpoint="/embed",model="m",status="200"} 90.0',
+            'ortserve_requests_total{endpoint="/embed",model="m",status="504"} 3.0',
+            'ortserve_requests_total{endpoint="/detect",model="d",status="500"} 1.0',
+            'ortserve_requests_total{endpoint="/detect",model="d",status="503"} 2.0',
+        ]
+    )
+    assert soak.server_5xx(metrics) == 3.0
+    assert soak.server_5xx(metrics, deadline=True) == 3.0

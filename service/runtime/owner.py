@@ -95,13 +95,15 @@ class ModelOwner:
         the owner's serving set again), or ``timeout_s``."""
         target = self._seq
         try:
-            async with asyncio.timeout(timeout_s):
-                while any(self._followed.get(i, 0) < target for i in self.ready):
-                    self._follows.clear()
-                    await self._follows.wait()
-        except TimeoutError:
+            await asyncio.wait_for(self._caught_up(target), timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             behind = sorted(i for i in self.ready if self._followed.get(i, 0) < target)
             log.warning("workers %s did not follow a model change in %.0f s", behind, timeout_s)
+
+    async def _caught_up(self, target: int) -> None:
+        while any(self._followed.get(i, 0) < target for i in self.ready):
+            self._follows.clear()
+            await self._follows.wait()
 
     async def _unmerged(self) -> list[Any]:
         return [family for each in await self.families() for family in each]

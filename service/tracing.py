@@ -26,6 +26,7 @@ cross, and a 5xx answer marks the server span as an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -317,22 +318,22 @@ def log_fields() -> dict[str, str | bool]:
 
 
 # -- the server span ------------------------------------------------------------------------------
+@functools.cache
+def _propagator() -> Any:
+    return TraceContextTextMapPropagator()
+
+
 @contextlib.contextmanager
-def rpc_span(service: str, method: str, metadata: Mapping[str, str]) -> Iterator[Any]:
-    """A server span for one gRPC call (``rpc.system`` grpc), continuing a ``traceparent`` from
-    its metadata; current for the block, so the call's own spans are its children. Yields the
-    span (None when tracing is off) for the caller's status and model attributes."""
-    tracer = _tracer
-    if tracer is None:
-        yield None
-        return
-    carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
-    propagator = TraceContextTextMapPropagator()
+def _server_span(
+    tracer: Any, name: str, carrier: dict[str, str], attributes: dict[str, Any]
+) -> Iterator[Any]:
+    """A server span continuing ``carrier``'s W3C context, current for the block; an exception
+    that leaves the block is recorded on it. HTTP and gRPC front ends both open theirs here."""
     server = tracer.start_span(
-        f"{service}/{method}",
-        context=propagator.extract(carrier) if carrier else None,
+        name,
+        context=_propagator().extract(carrier) if carrier else None,
         kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        attributes=attributes,
     )
     token = otel_context.attach(otel_trace.set_span_in_context(server))
     try:
@@ -346,6 +347,21 @@ def rpc_span(service: str, method: str, metadata: Mapping[str, str]) -> Iterator
         server.end()
 
 
+@contextlib.contextmanager
+def rpc_span(service: str, method: str, metadata: Mapping[str, str]) -> Iterator[Any]:
+    """A server span for one gRPC call (``rpc.system`` grpc), continuing a ``traceparent`` from
+    its metadata; current for the block, so the call's own spans are its children. Yields the
+    span (None when tracing is off) for the caller's status and model attributes."""
+    tracer = _tracer
+    if tracer is None:
+        yield None
+        return
+    carrier = {k: v for k, v in metadata.items() if k in ("traceparent", "tracestate")}
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    with _server_span(tracer, f"{service}/{method}", carrier, attributes) as server:
+        yield server
+
+
 class TracingMiddleware:
     """A server span per HTTP request (not for probes), continuing an incoming W3C
     ``traceparent``; status, route and model set when the answer is known. Installed only when
@@ -355,7 +371,6 @@ class TracingMiddleware:
     def __init__(self, app: ASGIApp, request_id: Callable[[], str]) -> None:
         self.app = app
         self.request_id = request_id
-        self.propagator = TraceContextTextMapPropagator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tracer = _tracer
@@ -367,36 +382,25 @@ class TracingMiddleware:
             if key in (b"traceparent", b"tracestate"):
                 carrier[key.decode()] = value.decode("latin-1")
         method = scope["method"]
-        server = tracer.start_span(
-            method,
-            context=self.propagator.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "url.path": scope["path"],
-                "ortserve.request_id": self.request_id(),
-            },
-        )
-        token = otel_context.attach(otel_trace.set_span_in_context(server))
+        attributes = {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "ortserve.request_id": self.request_id(),
+        }
         recorder = StatusRecorder(send)
-        try:
-            await self.app(scope, receive, recorder)
-        except BaseException as exc:
-            if server.is_recording():
-                server.record_exception(exc)
-            raise
-        finally:
-            otel_context.detach(token)
-            if server.is_recording():
-                route = getattr(scope.get("route"), "path", None)
-                if route:
-                    server.update_name(f"{method} {route}")
-                    server.set_attribute("http.route", route)
-                status = recorder.status
-                server.set_attribute("http.response.status_code", status)
-                model = scope.get("state", {}).get("model")
-                if model:
-                    server.set_attribute("ortserve.model", str(model))
-                if status >= 500:
-                    server.set_status(Status(StatusCode.ERROR))
-            server.end()
+        with _server_span(tracer, method, carrier, attributes) as server:
+            try:
+                await self.app(scope, receive, recorder)
+            finally:
+                if server.is_recording():
+                    route = getattr(scope.get("route"), "path", None)
+                    if route:
+                        server.update_name(f"{method} {route}")
+                        server.set_attribute("http.route", route)
+                    status = recorder.status
+                    server.set_attribute("http.response.status_code", status)
+                    model = scope.get("state", {}).get("model")
+                    if model:
+                        server.set_attribute("ortserve.model", str(model))
+                    if status >= 500:
+                        server.set_status(Status(StatusCode.ERROR))

@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import Metric
-
 from service.core import Core
 from service.metrics import Metrics, merge
 from service.runtime import channel
@@ -65,13 +63,9 @@ class Workers:
 
     async def start(self, core: Core, metrics: Metrics) -> None:
         (self.folder / channel.SETTINGS_NAME).write_bytes(pickle.dumps(self.settings))
-        self._owner = owner = ModelOwner(core.registry, metrics.families)
+        self._owner = owner = ModelOwner(core.registry, metrics.families, merge)
         core.settled = owner.settled
-
-        async def every_process() -> list[Metric]:
-            return merge(await owner.families())
-
-        metrics.gather = owner.scrape = every_process
+        metrics.gather = owner.scrape
         await self._owner.start(self.folder / channel.SOCKET_NAME)
         loop = asyncio.get_running_loop()
         self._supervisors = [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,15 +67,20 @@ class Description:
 
 
 class ModelOwner:
-    def __init__(self, registry: ModelRegistry, metrics: Callable[[], list[Any]]) -> None:
-        """``metrics``: this process's metric families now (``Metrics.families``)."""
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Callable[[], list[Any]],
+        merge: Callable[[list[list[Any]]], list[Any]],
+    ) -> None:
+        """``metrics``: this process's metric families now (``Metrics.families``); ``merge``:
+        several processes' families as one server's (``service.metrics.merge``)."""
         self.registry = registry
         self._metrics = metrics
+        self._merge = merge
         self._writers: dict[int, asyncio.StreamWriter] = {}  # worker → its control connection
         self._asked: dict[int, asyncio.Future[Any]] = {}  # the owner's own calls to workers
         self._ask_ids = itertools.count(-1, -1)
-        # every process's families merged into one server's (set by service.workers)
-        self.scrape: Callable[[], Awaitable[list[Any]]] = self._unmerged
         self._models: dict[int, LoadedModel] = {}  # token → a version some worker mirrors
         self._tokens: dict[int, int] = {}  # id(model) → its token, while in _models
         self._holders: dict[int, int] = {}  # token → how many workers hold it
@@ -105,8 +110,9 @@ class ModelOwner:
             self._follows.clear()
             await self._follows.wait()
 
-    async def _unmerged(self) -> list[Any]:
-        return [family for each in await self.families() for family in each]
+    async def scrape(self) -> list[Any]:
+        """Every process's metric families, merged into one server's."""
+        return self._merge(await self.families())
 
     async def families(self, timeout_s: float = 5.0) -> list[list[Any]]:
         """Every process's metric families: this one's, then each ready worker's (one that does

@@ -172,18 +172,17 @@ def test_deflate_bodies_that_are_broken_or_too_big_are_refused(tiny_server: Serv
 QUEUE = 4
 
 
-def slow_embedder(folder: Path, work: int = 24, size: int = 512) -> None:
-    """The tiny embedder (same vocabulary and vectors) plus ``work`` input-dependent
-    ``size``×``size`` MatMuls whose result is multiplied by 0: slow, with the same answers. One
-    text per run and a queue of ``QUEUE`` rows, so a burst overflows it."""
-    tiny_models.embedder(folder)
-    model = onnx.load(str(folder / "model.onnx"))
+def slow_down(path: Path, reads: str, output: str, work: int, size: int) -> None:
+    """Make the graph at ``path`` slow with the same answers: ``work`` ``size``×``size`` MatMuls
+    on a value read from ``reads`` (input-dependent, so nothing folds them away), whose result
+    is multiplied by 0 and added to ``output``."""
+    model = onnx.load(str(path))
     for node in model.graph.node:
-        if "sentence_embedding" in node.output:
-            node.output[0] = "fast_embedding"
+        if output in node.output:
+            node.output[0] = f"fast_{output}"
     a = np.random.default_rng(0).standard_normal((size, size)) / (2.0 * np.sqrt(size))
     nodes = [
-        helper.make_node("ReduceMean", ["mask_f"], ["s"], keepdims=0),  # input-dependent
+        helper.make_node("ReduceMean", [reads], ["s"], keepdims=0),
         tiny_models.const("a", a.astype(np.float32)),
         helper.make_node("Mul", ["a", "s"], ["x0"]),
     ]
@@ -192,11 +191,19 @@ def slow_embedder(folder: Path, work: int = 24, size: int = 512) -> None:
         helper.make_node("ReduceSum", [f"x{work}"], ["total"], keepdims=0),
         tiny_models.const("zero", np.array(0.0, dtype=np.float32)),
         helper.make_node("Mul", ["total", "zero"], ["nothing"]),
-        helper.make_node("Add", ["fast_embedding", "nothing"], ["sentence_embedding"]),
+        helper.make_node("Add", [f"fast_{output}", "nothing"], [output]),
     ]
     model.graph.node.extend(nodes)
     onnx.checker.check_model(model)
-    onnx.save(model, str(folder / "model.onnx"))
+    onnx.save(model, str(path))
+
+
+def slow_embedder(folder: Path, work: int = 24, size: int = 512) -> None:
+    """The tiny embedder (same vocabulary and vectors) plus ``work`` input-dependent
+    ``size``×``size`` MatMuls whose result is multiplied by 0: slow, with the same answers. One
+    text per run and a queue of ``QUEUE`` rows, so a burst overflows it."""
+    tiny_models.embedder(folder)
+    slow_down(folder / "model.onnx", "mask_f", "sentence_embedding", work, size)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     config["batching"] = {"max_batch_size": 1, "max_delay_ms": 0, "max_queue_size": QUEUE}
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -353,26 +360,7 @@ def versioned_detector(folder: Path, version: int, work: int = 40, size: int = 5
     enough that reloads land while requests are between their stages. Written by rename."""
     staging = folder.with_name(f".{folder.name}.tmp")
     tiny_models.yolo(staging)
-    model = onnx.load(str(staging / "model.onnx"))
-    for node in model.graph.node:
-        if "output0" in node.output:
-            node.output[0] = "fast_output"
-    a = np.random.default_rng(0).standard_normal((size, size)) / (2.0 * np.sqrt(size))
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["s"], keepdims=0),  # input-dependent
-        tiny_models.const("a", a.astype(np.float32)),
-        helper.make_node("Mul", ["a", "s"], ["x0"]),
-    ]
-    nodes += [helper.make_node("MatMul", [f"x{i}", "a"], [f"x{i + 1}"]) for i in range(work)]
-    nodes += [
-        helper.make_node("ReduceSum", [f"x{work}"], ["total"], keepdims=0),
-        tiny_models.const("zero", np.array(0.0, dtype=np.float32)),
-        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
-        helper.make_node("Add", ["fast_output", "nothing"], ["output0"]),
-    ]
-    model.graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(staging / "model.onnx"))
+    slow_down(staging / "model.onnx", "images", "output0", work, size)
     config = yaml.safe_load((staging / "config.yaml").read_text())
     config["labels"] = [f"v{version}-red", f"v{version}-green"]
     (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -11,7 +11,7 @@ RESOURCE_EXHAUSTED. Two bounds, then:
 - ``MAX_STREAMS_PER_CONNECTION``: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS, the most calls one
   connection may have open at once (grpc refuses a stream past it); 100 is the floor RFC 9113
   recommends. A client with more calls in flight queues them on its side.
-- ``MessageDeadline``: every request message must arrive within ``timeout_s`` of the call (of
+- ``Bounded``: every request message must arrive within ``timeout_s`` of the call (of
   the previous message, on a stream) — ``ORTSERVE_REQUEST_TIMEOUT_S``, as an HTTP body must —
   else the call ends DEADLINE_EXCEEDED; a call that ends without its one message is
   INVALID_ARGUMENT; a message that is not the method's protobuf is INVALID_ARGUMENT (grpc.aio
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -34,19 +34,41 @@ _EXPIRED = object()
 _CACHED_HANDLERS = 256  # far above the methods served: a handler made per call is not kept
 
 
-class MessageDeadline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every method's handler so that it reads its request messages itself, each within
+class Bounded:
+    """Where the generated ``add_…Servicer_to_server`` functions register a service: every
+    handler is wrapped once, here, so that it reads its request messages itself, each within
     ``timeout_s`` (a unary request becomes a stream of exactly one message: the same bytes on the
-    wire). Handlers are wrapped once each and kept."""
+    wire), and then handed to ``server``. A server interceptor did the same per call, at the cost
+    of a coroutine chain on every call.
 
-    def __init__(self, timeout_s: float) -> None:
+    Every service is registered as a generic handler, the registered-method form included:
+    grpc.aio keeps one pending accept per registered method and waits on all of them again after
+    every call it accepts (some 25 here), where generic handlers share one."""
+
+    def __init__(self, server: Any, timeout_s: float) -> None:
+        self.server = server
+        self.timeout_s = timeout_s
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_BoundedGeneric(h, self.timeout_s) for h in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """The generated code registers each service both ways; its generic handler already
+        serves the same methods."""
+
+
+class _BoundedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler's methods, each wrapped once by ``bounded`` and kept."""
+
+    def __init__(self, inner: Any, timeout_s: float) -> None:
+        self.inner = inner
         self.timeout_s = timeout_s
         self._wrapped: dict[Any, Any] = {}
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
-    ) -> Any:
-        handler = await continuation(handler_call_details)
+    def service(self, handler_call_details: Any) -> Any:
+        handler = self.inner.service(handler_call_details)
         if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
             return None
         wrapped = self._wrapped.get(handler)

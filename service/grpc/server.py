@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from service.grpc.bounds import MAX_STREAMS_PER_CONNECTION, MessageDeadline
+from service.grpc.bounds import MAX_STREAMS_PER_CONNECTION, Bounded
 from service.grpc.health import CoreHealth
 from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
@@ -72,21 +72,23 @@ async def start(
             # one without its headers (grpc's own default: 120 s)
             ("grpc.server_handshake_timeout_ms", round(settings.header_timeout_s * 1000)),
         ],
-        interceptors=[MessageDeadline(settings.request_timeout_s)],
         maximum_concurrent_rpcs=settings.max_connections,
     )
+    services = Bounded(server, settings.request_timeout_s)  # each handler wrapped once
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceServicer(app, settings.max_body_bytes), server
+        InferenceServicer(app, settings.max_body_bytes), services
     )
     health = CoreHealth(app)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    health_pb2_grpc.add_HealthServicer_to_server(health, services)
+    names = (
+        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    # reflection.enable_server_reflection, with its asyncio servicer named (it picks the
+    # servicer by the server's type, which ``services`` is not)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names), services
     )
     address = bind_address(settings.host, settings.grpc_port)
     try:

@@ -31,6 +31,7 @@ not hypercorn or granian: docs/architecture.md ("The HTTP server").
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import socket
@@ -260,6 +261,11 @@ class LiveAtOnceServer(uvicorn.Server):
             async with self.app.router.lifespan_context(self.app):
                 started = True
                 uvicorn_log.info("Application startup complete.")
+                # what start-up built (models, sessions, the app) lives as long as the process:
+                # out of the collector's sight, so that the collections requests' garbage sets
+                # off stop walking it (here, not in the app: the process is the server's)
+                gc.collect()
+                gc.freeze()
                 if self.workers is not None and not self.should_exit:
                     # ready once every process on the port is: a probe may reach any of them
                     core = self.app.state.core

@@ -288,6 +288,8 @@ def report(run: Run, refs: References, args: argparse.Namespace) -> list[str]:
         print(
             "transport errors: " + ", ".join(f"{k[0]}/{k[1]}: {n}" for k, n in tally.errors.items())
         )
+    for line in tally.transport:
+        print("  transport error:", line)
     for line in tally.unexpected:
         print("unexpected:", line)
     client_5xx = sum(n for (_, s), n in tally.by_status.items() if s >= 500 and s != 504)
